@@ -1,0 +1,94 @@
+"""Adds the commands of the ``litgpt.commands`` entry-point group to the ``litgpt`` CLI.
+
+LitGPT 0.5 has no plugin mechanism: ``litgpt/__main__.py`` holds a fixed ``PARSER_DATA`` dict and checks it against
+``litgpt.parser_config.parser_commands()``. The ``litgpt_inheritune.pth`` file installed into site-packages imports
+this module at interpreter start; it only puts a finder on ``sys.meta_path`` (no torch, no litgpt import). When
+``litgpt.__main__`` is imported, the finder lets the real module load, then adds every command declared under the
+entry-point group ``litgpt.commands`` to ``PARSER_DATA`` and to both names of ``parser_commands``.
+Installing twice is harmless: the finder is added once.
+"""
+
+import sys
+from importlib.abc import Loader, MetaPathFinder
+
+GROUP = "litgpt.commands"
+TARGET = "litgpt.__main__"
+
+
+def declared_commands() -> dict:
+    """name -> function for every command declared in the ``litgpt.commands`` entry-point group."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.load() for ep in entry_points(group=GROUP)}
+
+
+def patch(namespace: dict) -> None:
+    """Registers the declared commands in a loaded ``litgpt.__main__`` namespace (idempotent)."""
+    import litgpt.parser_config as parser_config
+
+    commands = declared_commands()
+    namespace["PARSER_DATA"].update(commands)
+    original = getattr(parser_config.parser_commands, "__wrapped_commands__", parser_config.parser_commands)
+
+    def parser_commands() -> list:
+        names = list(original())
+        return names + [name for name in commands if name not in names]
+
+    parser_commands.__wrapped_commands__ = original
+    parser_config.parser_commands = parser_commands
+    namespace["parser_commands"] = parser_commands
+
+
+class _PatchingLoader(Loader):
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        patch(module.__dict__)
+
+    def get_code(self, fullname):
+        # `python -m litgpt` execs this code as __main__: run the real body under its own name, patch, then main().
+        _ORIGINAL_CODE[fullname] = self.loader.get_code(fullname)
+        shim = (
+            "import litgpt_inheritune._hook as _inheritune_hook\n"
+            "_run_as = __name__\n"
+            f"__name__ = {fullname!r}\n"
+            f"exec(_inheritune_hook._ORIGINAL_CODE[{fullname!r}], globals())\n"
+            "__name__ = _run_as\n"
+            "_inheritune_hook.patch(globals())\n"
+            "if __name__ == '__main__':\n"
+            "    main()\n"
+        )
+        return compile(shim, self.loader.get_filename(fullname), "exec")
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+_ORIGINAL_CODE: dict = {}
+
+
+class InheritFinder(MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname != TARGET:
+            return None
+        for finder in sys.meta_path:
+            if isinstance(finder, InheritFinder) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+def install() -> None:
+    if not any(type(f).__name__ == "InheritFinder" for f in sys.meta_path):
+        sys.meta_path.insert(0, InheritFinder())
+
+
+install()

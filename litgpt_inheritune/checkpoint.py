@@ -1,0 +1,169 @@
+"""Reading a reference checkpoint lazily, checking it, and writing a child checkpoint atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from litgpt_inheritune.errors import InherituneError
+
+# Files of a LitGPT checkpoint dir that travel with the weights (LitGPT's own list, plus HF's tokenizer extras).
+CONFIG_FILES = ("generation_config.json",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+# HF config keys that hold the number of blocks, by model family.
+_DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+# HF config keys that hold one entry per block.
+_PER_LAYER_KEYS = ("layer_types", "sliding_window_pattern_list", "no_rope_layers")
+
+
+def load_reference_config(reference_dir: Path):
+    """The reference's LitGPT ``Config``, after checking the directory holds a LitGPT checkpoint."""
+    from litgpt import Config
+
+    reference_dir = Path(reference_dir)
+    if not reference_dir.is_dir():
+        raise InherituneError(
+            f"reference dir {str(reference_dir)!r} does not exist; download or convert a model first "
+            "(litgpt download <repo> or litgpt convert_to_litgpt <dir>)"
+        )
+    for name in ("lit_model.pth", "model_config.yaml"):
+        if not (reference_dir / name).is_file():
+            raise InherituneError(
+                f"reference dir {str(reference_dir)!r} has no {name}; point it at a LitGPT checkpoint dir "
+                "(convert HF weights with litgpt convert_to_litgpt)"
+            )
+    try:
+        return Config.from_file(reference_dir / "model_config.yaml")
+    except Exception as exc:  # a broken YAML or an unknown key
+        raise InherituneError(f"cannot read {reference_dir / 'model_config.yaml'}: {exc}") from None
+
+
+def load_state_dict_lazily(path: Path) -> Mapping:
+    """The reference's weights, memory-mapped: tensors are read from disk only when used."""
+    import torch
+
+    try:
+        state_dict = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise InherituneError(f"cannot read weights from {str(path)!r}: {exc}") from None
+    if isinstance(state_dict.get("model"), dict):  # a `litgpt pretrain` checkpoint holds the model under "model"
+        state_dict = state_dict["model"]
+    return state_dict
+
+
+def check_weights_match_config(config, state_dict: Mapping, where: Path) -> None:
+    """Raises when the weights' names or shapes differ from what ``config`` builds (checked on the meta device)."""
+    import torch
+    from litgpt import GPT
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or extra or wrong:
+        detail = (
+            f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra else
+            f"{wrong[0]} has shape {found[wrong[0]]} but the config needs {expected[wrong[0]]}"
+        )
+        raise InherituneError(
+            f"the weights in {str(where)!r} do not match its model_config.yaml ({detail}); "
+            "reconvert the checkpoint or fix the config"
+        )
+
+
+def check_tokenizer(tokenizer_dir: Path, reference_dir: Path, config) -> None:
+    """Raises when ``tokenizer_dir`` cannot be the reference's tokenizer."""
+    from litgpt import Tokenizer
+
+    tokenizer_dir = Path(tokenizer_dir)
+    try:
+        tokenizer = Tokenizer(tokenizer_dir)
+    except Exception as exc:
+        raise InherituneError(f"cannot load a tokenizer from {str(tokenizer_dir)!r}: {exc}") from None
+    if tokenizer.vocab_size > config.padded_vocab_size:
+        raise InherituneError(
+            f"the tokenizer in {str(tokenizer_dir)!r} has {tokenizer.vocab_size} tokens but the reference embeds "
+            f"only {config.padded_vocab_size}; use the reference's own tokenizer (drop --tokenizer_dir)"
+        )
+    if Path(reference_dir).resolve() == tokenizer_dir.resolve() or not has_tokenizer(reference_dir):
+        return
+    own = Tokenizer(reference_dir)
+    probe = "Inheritune checks tokenizers: 12345 café\n\tdef f(x): return x"
+    if own.vocab_size != tokenizer.vocab_size or own.encode(probe).tolist() != tokenizer.encode(probe).tolist():
+        raise InherituneError(
+            f"the tokenizer in {str(tokenizer_dir)!r} does not match the reference's vocabulary "
+            f"({tokenizer.vocab_size} vs {own.vocab_size} tokens, or different ids); drop --tokenizer_dir"
+        )
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any((Path(directory) / name).is_file() for name in ("tokenizer.json", "tokenizer.model"))
+
+
+def child_hf_config(reference_dir: Path, layers: list[int]) -> dict | None:
+    """The reference's HF ``config.json`` rewritten for the child's depth (None if the reference has none)."""
+    path = Path(reference_dir) / "config.json"
+    if not path.is_file():
+        return None
+    hf = json.loads(path.read_text())
+    depth = None
+    for key in _DEPTH_KEYS:
+        if isinstance(hf.get(key), int):
+            depth = hf[key]
+            hf[key] = len(layers)
+    for key in _PER_LAYER_KEYS:
+        value = hf.get(key)
+        if isinstance(value, list) and depth is not None and len(value) == depth:
+            hf[key] = [value[i] for i in layers]
+    return hf
+
+
+@contextmanager
+def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a temporary sibling of ``out_dir`` to write into; renames it to ``out_dir`` only on success.
+
+    An existing ``out_dir`` is replaced only with ``overwrite`` and only after the new one is complete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InherituneError(f"{str(out_dir)!r} appeared while writing; pass --overwrite true to replace it")
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def write_checkpoint(directory: Path, config, state_dict: Mapping, reference_dir: Path, layers: list[int]) -> None:
+    """Writes lit_model.pth, model_config.yaml, the child's config.json and the tokenizer files into ``directory``."""
+    import torch
+    from litgpt.utils import save_config
+
+    directory = Path(directory)
+    torch.save(dict(state_dict), directory / "lit_model.pth")
+    save_config(config, directory)
+    hf = child_hf_config(reference_dir, layers)
+    if hf is not None:
+        (directory / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    for name in CONFIG_FILES + TOKENIZER_FILES:
+        src = Path(reference_dir) / name
+        if src.is_file():
+            shutil.copy(src, directory / name)

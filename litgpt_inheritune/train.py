@@ -1,0 +1,275 @@
+"""`litgpt inheritune`: inherit the first blocks of a reference model, then train the child with `litgpt pretrain`.
+
+The training loop is LitGPT's own (``litgpt.pretrain.setup``); this module only prepares its inputs:
+the child checkpoint (in ``out_dir/initial``), the token budget for ``--train.epochs``, and the
+hyperparameters file that ``litgpt pretrain`` cannot write for a command other than itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+from unittest import mock
+
+from litgpt_inheritune.errors import InherituneError
+
+# Imported lazily by the functions below would hide the types from jsonargparse; these modules are light.
+from litgpt.args import EvalArgs, LogArgs, TrainArgs
+from litgpt.data import DataModule
+from litgpt.types import LoggerChoice
+
+INITIAL = "initial"  # out_dir/initial holds the inherited, untrained child
+
+
+def setup(
+    reference_dir: Path,
+    n_layers: int | None = None,
+    layers: list[int] | None = None,
+    parts: list[str] | None = None,
+    out_dir: Path = Path("out/inheritune"),
+    precision: Literal["bf16-true", "bf16-mixed", "32-true", None] = None,
+    resume: bool | Literal["auto"] | Path = False,
+    data: DataModule | None = None,
+    train: TrainArgs = TrainArgs(
+        save_interval=1000,
+        log_interval=1,
+        global_batch_size=8,
+        micro_batch_size=1,
+        lr_warmup_steps=1000,
+        epochs=8,
+        max_seq_length=2048,
+        max_norm=1.0,
+        min_lr=3e-5,
+    ),
+    eval: EvalArgs = EvalArgs(interval=1000, max_iters=100),
+    log: LogArgs = LogArgs(),
+    optimizer: str | dict = {
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": 3e-4, "weight_decay": 0.01, "betas": [0.9, 0.95]},
+    },
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    tokenizer_dir: Path | None = None,
+    logger_name: LoggerChoice = "tensorboard",
+    seed: int = 42,
+    compile: bool = True,
+    overwrite: bool = False,
+) -> None:
+    """Inheritune: give a child the first blocks of a reference model, then pretrain it with LitGPT.
+
+    The child inherits the reference's token embedding, the chosen blocks, the final norm and the LM head
+    (tied if the reference ties them), and is trained by `litgpt pretrain`'s own loop. The inherited,
+    untrained child is kept in ``out_dir/initial``; checkpoints go to ``out_dir/step-*`` and ``out_dir/final``.
+
+    Arguments:
+        reference_dir: LitGPT checkpoint dir of the reference model (lit_model.pth, model_config.yaml, tokenizer).
+        n_layers: Inherit the first ``n_layers`` blocks. Give this or ``layers``.
+        layers: Explicit reference block indices to inherit, in the child's order, e.g. ``[0, 1, 2, 29]``.
+        parts: What to inherit; default all of embedding, attention, mlp, norms, final_norm, head.
+            Parts left out get LitGPT's pretraining init (``[]`` trains a random-init child of the same shape).
+        out_dir: Directory for the child, checkpoints and logs.
+        precision: The precision to train in. Determines a compatible precision setting by default.
+        resume: Path to a checkpoint to resume from, ``True`` to resume from the latest checkpoint in ``out_dir``,
+            or ``'auto'`` to resume if one exists. Resuming reuses ``out_dir/initial``; nothing is inherited again.
+        data: A LitGPT data module, e.g. ``TextFiles`` or ``LitData``.
+        train: Training arguments as for `litgpt pretrain`. ``epochs`` is turned into ``max_tokens`` from the size
+            of the data module's train set; give ``max_tokens`` instead for an infinite or unsized dataset.
+        eval: Evaluation arguments, as for `litgpt pretrain`.
+        log: Logging arguments, as for `litgpt pretrain`.
+        optimizer: An optimizer name (such as "AdamW") or config.
+        devices: How many devices/GPUs to use. Several devices train with LitGPT's FSDP.
+        num_nodes: How many nodes the code is being run on.
+        tokenizer_dir: The tokenizer to prepare data with (default: the reference's). Must match its vocabulary.
+        logger_name: The name of the logger to send metrics to.
+        seed: The random seed (model init of parts not inherited, data order).
+        compile: Compile the model with ``torch.compile`` as `litgpt pretrain` does. Turn off for quick CPU runs.
+        overwrite: Delete a finished or interrupted run in ``out_dir`` and start again.
+    """
+    arguments = dict(locals())
+    try:
+        run(**arguments)
+    except InherituneError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def run(**arguments: Any) -> Path:
+    """``setup`` without the error conversion: raises ``InherituneError``. Returns the final checkpoint dir."""
+    import litgpt.pretrain as pretrain
+
+    from litgpt_inheritune.checkpoint import has_tokenizer
+    from litgpt_inheritune.init import build_child, plan_child
+    from litgpt_inheritune.inherit import reference_ties_embeddings
+
+    a = _Args(arguments)
+    out_dir = Path(a.out_dir)
+    if a.data is None:
+        raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
+    train: TrainArgs = a.train
+    if train.epochs is not None and train.max_tokens is not None:
+        raise InherituneError("give --train.epochs or --train.max_tokens, not both (set the other to null)")
+    if train.epochs is None and train.max_tokens is None:
+        raise InherituneError("give a budget: --train.epochs E (over the data's train set) or --train.max_tokens T")
+    if train.epochs is not None and train.epochs <= 0:
+        raise InherituneError(f"--train.epochs must be positive, got {train.epochs}")
+    if train.max_norm is None:
+        raise InherituneError("--train.max_norm is required by litgpt pretrain's loop, e.g. --train.max_norm 1.0")
+    resume = a.resume
+    initial = out_dir / INITIAL
+    finished = (out_dir / "final" / "lit_model.pth").is_file()
+    started = initial.is_dir() or any(out_dir.glob("step-*/lit_model.pth"))
+    resuming = bool(resume) and (isinstance(resume, Path) or initial.is_dir())
+    if resume is True and not initial.is_dir():
+        raise InherituneError(f"--resume true but {str(out_dir)!r} holds no run to resume; drop --resume")
+    if isinstance(resume, Path) and not Path(resume).is_file():
+        raise InherituneError(f"--resume {str(resume)!r} is not a checkpoint file; give a step-*/lit_model.pth")
+    if (finished or started) and not resuming and not a.overwrite:
+        what = "a finished run" if finished else "an interrupted run"
+        raise InherituneError(
+            f"{str(out_dir)!r} holds {what}; pass --resume true to continue it, --overwrite true to start again, "
+            "or choose another --out_dir"
+        )
+
+    t0 = time.perf_counter()
+    if resuming:
+        from litgpt import Config
+
+        child = Config.from_file(initial / "model_config.yaml")
+        plan = plan_child(a.reference_dir, a.n_layers, a.layers, a.parts, a.tokenizer_dir)
+        if child.n_layer != len(plan.layers):
+            raise InherituneError(
+                f"{str(initial)!r} holds a {child.n_layer}-block child but you asked for {len(plan.layers)} blocks; "
+                "resume with the arguments of the original run"
+            )
+    else:
+        plan = plan_child(a.reference_dir, a.n_layers, a.layers, a.parts, a.tokenizer_dir)
+        if not has_tokenizer(a.tokenizer_dir or a.reference_dir):
+            raise InherituneError(f"{str(a.reference_dir)!r} has no tokenizer; pass --tokenizer_dir")
+        if a.overwrite and out_dir.exists() and _is_rank_zero():
+            shutil.rmtree(out_dir)
+        if _is_rank_zero():
+            child = build_child(plan, initial, seed=a.seed, overwrite=False)
+        else:
+            child = _wait_for_child(initial)
+    print(f"Inherited blocks {plan.layers} ({list(plan.parts)}) of {plan.config.name} in {time.perf_counter() - t0:.1f} s")
+
+    tie = train.tie_embeddings
+    if tie is None:
+        tie = {"embedding", "head"} <= set(plan.parts) and reference_ties_embeddings(plan.state_dict)
+    max_seq_length = train.max_seq_length or child.block_size
+    max_tokens = train.max_tokens
+    if train.epochs is not None:
+        per_epoch = tokens_per_epoch(a.data, initial, train.micro_batch_size, max_seq_length)
+        max_tokens = train.epochs * per_epoch
+        print(f"{train.epochs} epochs of {per_epoch:,} tokens: --train.max_tokens {max_tokens:,}")
+    pretrain_train = replace(train, epochs=None, max_tokens=max_tokens, tie_embeddings=tie)
+
+    hyperparameters = hyperparameters_dict(arguments)
+    has_step = isinstance(resume, Path) or any(out_dir.glob("step-*/lit_model.pth"))
+    from_initial = not (resuming and has_step)  # resuming before the first checkpoint restarts from initial
+    with ExitStack() as stack:
+        stack.enter_context(
+            mock.patch.object(
+                pretrain, "save_hyperparameters", lambda _fn, directory: write_hyperparameters(hyperparameters, directory)
+            )
+        )
+        if not a.compile:
+            stack.enter_context(mock.patch("torch.compile", lambda model, *args, **kwargs: model))
+        pretrain.setup(
+            model_name=child.name,
+            model_config=child,
+            out_dir=out_dir,
+            precision=a.precision,
+            initial_checkpoint_dir=initial if from_initial else None,
+            resume=False if from_initial else resume,
+            data=a.data,
+            train=pretrain_train,
+            eval=a.eval,
+            log=a.log,
+            optimizer=copy.deepcopy(a.optimizer),  # LitGPT adds keys to the dict it is given
+            devices=a.devices,
+            num_nodes=a.num_nodes,
+            tokenizer_dir=initial,  # the child's own config.json and tokenizer travel into every checkpoint
+            logger_name=a.logger_name,
+            seed=a.seed,
+        )
+    return out_dir / "final"
+
+
+class _Args:
+    def __init__(self, arguments: dict) -> None:
+        self.__dict__.update(arguments)
+        self.reference_dir = Path(self.reference_dir)
+        if self.tokenizer_dir is not None:
+            self.tokenizer_dir = Path(self.tokenizer_dir)
+
+
+def tokens_per_epoch(data: DataModule, tokenizer_dir: Path, micro_batch_size: int, max_seq_length: int) -> int:
+    """Tokens one pass over the data module's train set counts in `litgpt pretrain`'s budget."""
+    from litgpt import Tokenizer
+
+    data.connect(tokenizer=Tokenizer(tokenizer_dir), batch_size=micro_batch_size, max_seq_length=max_seq_length)
+    data.prepare_data()
+    data.setup()
+    loader = data.train_dataloader()
+    try:
+        samples = len(loader.dataset)
+    except TypeError:
+        raise InherituneError(
+            f"{type(data).__name__}'s train set has no length, so --train.epochs cannot be converted; "
+            "give --train.max_tokens instead"
+        ) from None
+    if samples == 0:
+        raise InherituneError(f"{type(data).__name__}'s train set is empty; check the data path")
+    return samples * max_seq_length
+
+
+def _is_rank_zero() -> bool:
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _wait_for_child(initial: Path, timeout: float = 3600.0):
+    """Processes other than rank 0 use the child rank 0 writes (it is renamed into place when complete)."""
+    from litgpt import Config
+
+    deadline = time.monotonic() + timeout
+    while not (initial / "model_config.yaml").is_file():
+        if time.monotonic() > deadline:
+            raise InherituneError(f"rank 0 did not write {str(initial)!r} within {timeout:.0f} s")
+        time.sleep(1.0)
+    return Config.from_file(initial / "model_config.yaml")
+
+
+def _plain(value: Any) -> Any:
+    """A value as YAML-ready data in the form the CLI reads back (data modules as class_path/init_args)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, DataModule) and is_dataclass(value):
+        init_args = {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.init}
+        return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args": init_args}
+    if is_dataclass(value):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def hyperparameters_dict(arguments: dict) -> dict:
+    return {k: _plain(v) for k, v in arguments.items()}
+
+
+def write_hyperparameters(hyperparameters: dict, directory: Path) -> None:
+    """Writes ``hyperparameters.yaml``: the inheritune arguments, readable with ``litgpt inheritune --config``."""
+    import yaml
+
+    directory = Path(directory)
+    tmp = directory / ".hyperparameters.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(hyperparameters, sort_keys=False))
+    os.replace(tmp, directory / "hyperparameters.yaml")
