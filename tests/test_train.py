@@ -1,0 +1,108 @@
+"""`litgpt inheritune` end to end through LitGPT's real pretraining loop, on a tiny reference and real text."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from litgpt.args import EvalArgs, TrainArgs
+from litgpt.data import TextFiles
+
+from litgpt_inheritune.train import setup
+
+
+def small_text(tmp_path: Path, text_dirs, n_train: int = 3) -> TextFiles:
+    train_src, val_src = text_dirs
+    train, val = tmp_path / "train_txt", tmp_path / "val_txt"
+    train.mkdir()
+    val.mkdir()
+    for f in sorted(train_src.glob("*.txt"))[:n_train]:
+        (train / f.name).write_text(f.read_text())
+    f = sorted(val_src.glob("*.txt"))[0]
+    (val / f.name).write_text(f.read_text())
+    return TextFiles(train_data_path=train, val_data_path=val, num_workers=0)
+
+
+def train_args(**kw) -> TrainArgs:
+    values = dict(save_interval=None, log_interval=1, global_batch_size=2, micro_batch_size=2, lr_warmup_steps=1,
+                  epochs=None, max_tokens=None, max_seq_length=32, max_norm=1.0, min_lr=1e-4)
+    values.update(kw)
+    return TrainArgs(**values)
+
+
+QUIET_EVAL = EvalArgs(interval=1000, max_iters=2, initial_validation=False, final_validation=False)
+
+
+def test_epochs_become_token_budget_and_final_checkpoint_is_standard(tmp_path, tiny_reference, text_dirs):
+    from litgpt import GPT, Config, Tokenizer
+
+    data = small_text(tmp_path, text_dirs)
+    out = tmp_path / "run"
+    setup(tiny_reference, n_layers=2, out_dir=out, data=data, train=train_args(epochs=2), eval=QUIET_EVAL,
+          precision="32-true", devices=1, logger_name="csv", compile=False)
+
+    # The budget is 2 passes over the train set: one sample is max_seq_length tokens in pretrain's count.
+    samples = len(data.train_dataloader().dataset)
+    final = out / "final"
+    state = torch.load(final / "lit_model.pth", weights_only=False)
+    assert state["iter_num"] == 2 * samples * 32 // (2 * 32)
+
+    config = Config.from_file(final / "model_config.yaml")
+    assert config.n_layer == 2
+    model = GPT(config)
+    model.load_state_dict(state["model"])
+    # The HF config next to the child describes the child, not the 6-block reference.
+    assert json.loads((final / "config.json").read_text())["num_hidden_layers"] == 2
+    assert Tokenizer(final).vocab_size == Tokenizer(tiny_reference).vocab_size
+    hp = yaml.safe_load((final / "hyperparameters.yaml").read_text())
+    assert hp["n_layers"] == 2 and hp["reference_dir"] == str(tiny_reference)
+    assert hp["train"]["epochs"] == 2
+    assert hp["data"]["class_path"] == "litgpt.data.text_files.TextFiles"
+    # The child was trained: its weights moved away from the inherited ones.
+    initial = torch.load(out / "initial" / "lit_model.pth")
+    assert not torch.equal(initial["transformer.h.0.attn.qkv.weight"], state["model"]["transformer.h.0.attn.qkv.weight"])
+    # Tied like the reference.
+    assert torch.equal(state["model"]["lm_head.weight"], state["model"]["transformer.wte.weight"])
+
+
+def test_inherited_initial_child_is_reference_prefix(tmp_path, tiny_reference, text_dirs):
+    data = small_text(tmp_path, text_dirs)
+    out = tmp_path / "run"
+    setup(tiny_reference, layers=[0, 1, 5], out_dir=out, data=data, train=train_args(max_tokens=64),
+          eval=QUIET_EVAL, precision="32-true", devices=1, logger_name="csv", compile=False)
+    ref = torch.load(tiny_reference / "lit_model.pth")
+    child = torch.load(out / "initial" / "lit_model.pth")
+    assert torch.equal(child["transformer.h.2.mlp.fc_1.weight"], ref["transformer.h.5.mlp.fc_1.weight"])
+    assert torch.equal(child["transformer.ln_f.weight"], ref["transformer.ln_f.weight"])
+
+
+def test_resume_continues_without_inheriting_again(tmp_path, tiny_reference, text_dirs):
+    data = small_text(tmp_path, text_dirs)
+    out = tmp_path / "run"
+    kwargs = dict(n_layers=2, out_dir=out, eval=QUIET_EVAL, precision="32-true", devices=1, logger_name="csv",
+                  compile=False)
+    setup(tiny_reference, data=data, train=train_args(max_tokens=4 * 64, save_interval=2), **kwargs)
+    initial_mtime = (out / "initial" / "lit_model.pth").stat().st_mtime_ns
+
+    # A finished run is not overwritten by accident ...
+    with pytest.raises(SystemExit, match="holds a finished run"):
+        setup(tiny_reference, data=data,
+              train=train_args(max_tokens=8 * 64, save_interval=2), **kwargs)
+    # ... but continues with --resume, from the last step checkpoint, to the larger budget.
+    setup(tiny_reference, data=data, train=train_args(max_tokens=8 * 64, save_interval=2), resume=True, **kwargs)
+    assert (out / "initial" / "lit_model.pth").stat().st_mtime_ns == initial_mtime
+    assert torch.load(out / "final" / "lit_model.pth", weights_only=False)["iter_num"] == 8
+    assert (out / "step-00000008" / "lit_model.pth").is_file()
+
+
+def test_random_init_arm_shares_nothing_with_reference(tmp_path, tiny_reference, text_dirs):
+    data = small_text(tmp_path, text_dirs)
+    out = tmp_path / "run"
+    setup(tiny_reference, n_layers=2, parts=[], out_dir=out, data=data, train=train_args(max_tokens=64),
+          eval=QUIET_EVAL, precision="32-true", devices=1, logger_name="csv", compile=False)
+    ref = torch.load(tiny_reference / "lit_model.pth")
+    child = torch.load(out / "initial" / "lit_model.pth")
+    for key in ("transformer.wte.weight", "transformer.h.0.attn.qkv.weight", "transformer.h.1.mlp.fc_2.weight"):
+        assert not torch.equal(child[key], ref[key])
