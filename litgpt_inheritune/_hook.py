@@ -73,11 +73,14 @@ _ORIGINAL_CODE: dict = {}
 
 
 class InheritFinder(MetaPathFinder):
+    # Recognised by this marker, not by class identity: a reloaded module defines a new class.
+    is_inheritune_finder = True
+
     def find_spec(self, fullname, path, target=None):
         if fullname != TARGET:
             return None
         for finder in sys.meta_path:
-            if isinstance(finder, InheritFinder) or not hasattr(finder, "find_spec"):
+            if getattr(finder, "is_inheritune_finder", False) or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None and spec.loader is not None:
@@ -87,7 +90,7 @@ class InheritFinder(MetaPathFinder):
 
 
 def install() -> None:
-    if not any(type(f).__name__ == "InheritFinder" for f in sys.meta_path):
+    if not any(getattr(f, "is_inheritune_finder", False) for f in sys.meta_path):
         sys.meta_path.insert(0, InheritFinder())
 
 
