@@ -59,7 +59,7 @@ def main(
     out_dir: Path = Path("out/demo"),
     reference_dir: Path = Path("checkpoints/SmolLM2-135M-Instruct"),
     n_layers: int = 10,
-    steps: int = 200,
+    steps: int = 150,
     micro_batch_size: int = 4,
     max_seq_length: int = 64,
     learning_rate: float = 1e-3,

@@ -149,3 +149,12 @@ def test_inheritune_from_yaml_trains_and_records_its_arguments(tmp_path, tiny_re
     # The recorded hyperparameters are themselves a valid config for the same command.
     replay = litgpt("inheritune", "--config", str(final / "hyperparameters.yaml"), "--print_config")
     assert yaml.safe_load(replay.stdout)["n_layers"] == 2
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "config_hub").glob("*.yaml")), ids=lambda p: p.name)
+def test_config_hub_yaml_parses_with_the_real_cli(path):
+    printed = yaml.safe_load(litgpt("inheritune", "--config", str(path), "--print_config").stdout)
+    written = yaml.safe_load(path.read_text())
+    for key, value in written.items():
+        if not isinstance(value, dict):
+            assert printed[key] == value, key
