@@ -57,7 +57,10 @@ def measure(command: list[str]) -> dict:
 
 
 def size_gb(path: Path) -> float:
-    return round(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e9, 2)
+    """Size of a file, or of all files under a directory, in GB."""
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return round(sum(p.stat().st_size for p in files) / 1e9, 2)
 
 
 def main() -> None:

@@ -121,11 +121,13 @@ def inherit(
     layers: Sequence[int],
     parts: Iterable[str] | None = None,
     init_state_dict: Mapping | None = None,
+    copy: bool = True,
 ):
     """Builds the child: returns ``(child_config, child_state_dict)``.
 
-    ``state_dict`` may be memory-mapped (``torch.load(..., mmap=True)``): only the inherited tensors are read,
-    and each is copied so that the child does not keep the reference file open.
+    ``state_dict`` may be memory-mapped (``torch.load(..., mmap=True)``): only the inherited tensors are read.
+    With ``copy`` each is copied, so that the child does not keep the reference file open; without it the child
+    holds the reference's own tensors (for writing the child straight to disk: memory stays at the child's size).
     ``init_state_dict`` supplies every tensor whose part is not inherited and is required unless all parts are.
     """
     parts = resolve_parts(parts)
@@ -137,7 +139,10 @@ def inherit(
     out = {}
     for key, source in sources.items():
         if part_of(key)[0] in parts:
-            out[key] = state_dict[source].clone()
+            tensor = state_dict[source]
+            # A view into a larger storage is copied anyway: saving it would write the whole storage.
+            whole = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+            out[key] = tensor.clone() if copy or not whole else tensor
         else:
             init = init_state_dict[key]
             out[key] = init.to(dtype=state_dict[source].dtype)

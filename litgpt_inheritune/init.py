@@ -60,7 +60,8 @@ def build_child(plan: Plan, out_dir: Path, seed: int = 42, overwrite: bool = Fal
     init = None
     if set(plan.parts) != set(PARTS):
         init = pretrain_init_state_dict(child_config(plan.config, plan.layers), seed)
-    child, state_dict = inherit(plan.config, plan.state_dict, plan.layers, plan.parts, init)
+    # No copies: the inherited tensors go from the memory-mapped reference straight into the child's file.
+    child, state_dict = inherit(plan.config, plan.state_dict, plan.layers, plan.parts, init, copy=False)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_checkpoint(tmp, child, state_dict, plan.reference_dir, plan.layers)
     return child
