@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from litgpt_inheritune import init, train
+from litgpt_inheritune import data_subset, init, train
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -45,7 +45,8 @@ def test_stock_command_still_works():
     assert "--initial_checkpoint_dir" in out
 
 
-@pytest.mark.parametrize("command, function", [("inheritune", train.setup), ("inheritune_init", init.setup)])
+@pytest.mark.parametrize("command, function", [("inheritune", train.setup), ("inheritune_init", init.setup),
+                                               ("inheritune_data", data_subset.setup)])
 def test_help_documents_every_argument(command, function):
     out = litgpt(command, "--help").stdout
     for name, parameter in inspect.signature(function).parameters.items():

@@ -99,3 +99,67 @@ def test_errors_are_one_line(tmp_path):
     (bad / "x.jsonl").write_text('{"content": "no text key"}\n')
     with pytest.raises(InherituneError, match="--text_key"):
         list(iter_documents(bad))
+
+
+def files(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_subset_shards_are_deterministic_and_readable_by_litgpt(tmp_path, corpus, tiny_reference):
+    from litgpt.data import LitData
+
+    from litgpt_inheritune.data_subset import build_subset
+
+    root, _ = corpus
+    a = build_subset(root, tiny_reference, tmp_path / "a", tokens=3000, val_tokens=500, seed=7,
+                     domain_key="meta.redpajama_set_name")
+    b = build_subset(root, tiny_reference, tmp_path / "b", tokens=3000, val_tokens=500, seed=7,
+                     domain_key="meta.redpajama_set_name")
+    assert files(tmp_path / "a" / "train") == files(tmp_path / "b" / "train")
+    assert files(tmp_path / "a" / "val") == files(tmp_path / "b" / "val")
+    c = build_subset(root, tiny_reference, tmp_path / "c", tokens=3000, val_tokens=500, seed=8)
+    assert files(tmp_path / "a" / "train") != files(tmp_path / "c" / "train")
+
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["train"]["tokens"] >= 3000 and summary["val"]["tokens"] >= 500
+    assert sum(summary["train"]["tokens_per_domain"].values()) == summary["train"]["tokens"]
+    assert a["train"] == b["train"] and c["train"]["tokens"] >= 3000
+
+    data = LitData(data_path=tmp_path / "a", split_names=("train", "val"), num_workers=0)
+    data.connect(batch_size=1, max_seq_length=63)
+    batch = next(iter(data.train_dataloader()))
+    assert batch.shape == (1, 64) and int(batch.max()) < 49152
+
+    with pytest.raises(InherituneError, match="not empty"):
+        build_subset(root, tiny_reference, tmp_path / "a", tokens=3000)
+    with pytest.raises(InherituneError, match="fewer than the budget"):
+        build_subset(root, tiny_reference, tmp_path / "d", tokens=10**9)
+    assert not (tmp_path / "d").exists()
+
+
+def test_cli_subset_then_inheritune_trains_on_it_for_whole_epochs(tmp_path, corpus, tiny_reference):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from litgpt.args import EvalArgs, TrainArgs
+    from litgpt.data import LitData
+
+    from litgpt_inheritune.train import setup
+
+    root, _ = corpus
+    out = tmp_path / "subset"
+    subprocess.run([str(Path(sys.executable).parent / "litgpt"), "inheritune_data", str(root), str(tiny_reference),
+                    "--tokens", "2000", "--val_tokens", "300", "--out_dir", str(out)], check=True, capture_output=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 2000 <= summary["train"]["tokens"] and summary["corpus_documents"] == 30
+
+    run = tmp_path / "run"
+    setup(tiny_reference, n_layers=2, out_dir=run, precision="32-true", devices=1, logger_name="csv", compile=False,
+          data=LitData(data_path=out, split_names=("train", "val"), num_workers=0),
+          train=TrainArgs(epochs=2, max_tokens=None, micro_batch_size=2, global_batch_size=2, max_seq_length=64,
+                          lr_warmup_steps=1, max_norm=1.0, save_interval=None, log_interval=1),
+          eval=EvalArgs(interval=1000, max_iters=1, initial_validation=False, final_validation=False))
+    blocks = summary["train"]["tokens"] // 65  # TokensLoader cuts blocks of max_seq_length + 1 tokens
+    assert torch.load(run / "final" / "lit_model.pth", weights_only=False)["iter_num"] == 2 * blocks // 2
