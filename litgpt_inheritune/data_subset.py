@@ -8,6 +8,7 @@ file on disk, never held in memory; memory grows only with the number of documen
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,9 +29,22 @@ def _write_split(spill: Path, chosen: list, offsets: dict, out: Path, chunk_byte
         start, length = span
         yield torch.from_numpy(np.array(tokens[start:start + length], dtype=np.int32))
 
-    # One worker: the shards' bytes then depend only on the chosen documents and their order.
-    optimize(fn=emit, inputs=spans, output_dir=str(out), num_workers=1, chunk_bytes=chunk_bytes,
-             item_loader=TokensLoader(), start_method="fork")
+    # litdata stages chunks in one machine-wide cache folder by default, so two `optimize` runs at the same time
+    # (another subset, LitGPT's TextFiles) would mix their chunks: give this run a private one.
+    private = {name: str(spill.parent / name.lower()) for name in
+               ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER")}
+    saved = {name: os.environ.get(name) for name in private}
+    os.environ.update(private)
+    try:
+        # One worker: the shards' bytes then depend only on the chosen documents and their order.
+        optimize(fn=emit, inputs=spans, output_dir=str(out), num_workers=1, chunk_bytes=chunk_bytes,
+                 item_loader=TokensLoader(), start_method="fork")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     _stamp_index(out)
 
 
