@@ -74,13 +74,22 @@ def build_subset(
     domain_key: str | None = None,
     overwrite: bool = False,
     chunk_bytes: str = "64MB",
+    domain_weights: dict[str, float] | None = None,
 ) -> dict:
     """``setup`` without the error conversion; returns the summary."""
     import numpy as np
     from litgpt import Tokenizer
 
     from litgpt_inheritune.checkpoint import atomic_dir, has_tokenizer
-    from litgpt_inheritune.subset import Candidate, corpus_files, document_key, iter_documents, select
+    from litgpt_inheritune.mixture import normalize_weights
+    from litgpt_inheritune.subset import (
+        Candidate,
+        corpus_files,
+        document_key,
+        iter_documents,
+        select,
+        select_per_domain,
+    )
 
     out_dir = Path(out_dir)
     if (tokens is None) == (fraction is None):
@@ -91,6 +100,10 @@ def build_subset(
         raise InherituneError(f"{str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite true")
     if not has_tokenizer(tokenizer_dir):
         raise InherituneError(f"no tokenizer in {str(tokenizer_dir)!r}; pass the reference's checkpoint dir")
+    if domain_weights is not None:
+        if not domain_key:
+            raise InherituneError("--domain_weights needs --domain_key, the record field that names the domain")
+        domain_weights = normalize_weights(domain_weights)
     corpus_files(corpus)  # fails early on a missing or empty corpus
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
@@ -117,7 +130,11 @@ def build_subset(
             )
         val = select(candidates, val_tokens) if val_tokens > 0 else []
         taken = {(c.source, c.index) for c in val}
-        train = select([c for c in candidates if (c.source, c.index) not in taken], budget)
+        rest = [c for c in candidates if (c.source, c.index) not in taken]
+        if domain_weights is None:
+            train = select(rest, budget)
+        else:  # stratified: each domain gets its share of the budget
+            train = select_per_domain(rest, {d: max(1, round(w * budget)) for d, w in domain_weights.items() if w > 0})
 
         def count(chosen):
             per_domain = {}
@@ -128,7 +145,7 @@ def build_subset(
         summary = {
             "corpus": str(corpus), "tokenizer_dir": str(tokenizer_dir), "seed": seed, "budget_tokens": budget,
             "corpus_tokens": corpus_tokens, "corpus_documents": len(candidates),
-            "train": count(train), "val": count(val),
+            "domain_weights": domain_weights, "train": count(train), "val": count(val),
         }
         with atomic_dir(out_dir, overwrite=overwrite) as staging:
             _write_split(spill, train, offsets, staging / "train", chunk_bytes)
@@ -149,6 +166,7 @@ def setup(
     seed: int = 42,
     text_key: str = "text",
     domain_key: str | None = None,
+    domain_weights: dict[str, float] | None = None,
     overwrite: bool = False,
 ) -> None:
     """Write a seeded random subset of whole documents of a corpus, with a token budget, as litdata shards.
@@ -163,11 +181,12 @@ def setup(
         seed: Which documents are taken (the same seed, corpus and budget give byte-identical shards).
         text_key: The record field that holds the text (dotted for nested fields).
         domain_key: The record field that names the domain, e.g. ``meta.redpajama_set_name``; counted in the summary.
+        domain_weights: Stratify: each domain's share of the training budget, e.g. ``{RedPajamaArXiv: 0.025, ...}``.
         overwrite: Replace a non-empty ``out_dir``.
     """
     try:
         summary = build_subset(corpus, tokenizer_dir, out_dir, tokens, fraction, val_tokens, seed, text_key,
-                               domain_key, overwrite)
+                               domain_key, overwrite, domain_weights=domain_weights)
     except InherituneError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(json.dumps(summary, indent=2))

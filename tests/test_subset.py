@@ -163,3 +163,22 @@ def test_cli_subset_then_inheritune_trains_on_it_for_whole_epochs(tmp_path, corp
           eval=EvalArgs(interval=1000, max_iters=1, initial_validation=False, final_validation=False))
     blocks = summary["train"]["tokens"] // 65  # TokensLoader cuts blocks of max_seq_length + 1 tokens
     assert torch.load(run / "final" / "lit_model.pth", weights_only=False)["iter_num"] == 2 * blocks // 2
+
+
+def test_stratified_subset_follows_the_domain_weights(tmp_path, corpus, tiny_reference):
+    from litgpt_inheritune.data_subset import build_subset
+
+    root, _ = corpus
+    weights = {SETS[0]: 0.75, SETS[1]: 0.25}
+    summary = build_subset(root, tiny_reference, tmp_path / "s", tokens=2000, val_tokens=0, seed=3,
+                           domain_key="meta.redpajama_set_name", domain_weights=weights)
+    per_domain = summary["train"]["tokens_per_domain"]
+    assert set(per_domain) == {SETS[0], SETS[1]}
+    assert per_domain[SETS[0]] >= 1500 and per_domain[SETS[1]] >= 500
+    assert not (tmp_path / "s" / "val").exists()
+    with pytest.raises(InherituneError, match="RedPajamaBook"):
+        build_subset(root, tiny_reference, tmp_path / "t", tokens=500, val_tokens=0,
+                     domain_key="meta.redpajama_set_name", domain_weights={"RedPajamaBook": 1.0})
+    with pytest.raises(InherituneError, match="--domain_key"):
+        build_subset(root, tiny_reference, tmp_path / "u", tokens=500, domain_weights={SETS[0]: 1.0})
+    assert not (tmp_path / "t").exists() and not (tmp_path / "u").exists()
