@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 from litgpt_inheritune.errors import InherituneError
 
@@ -33,18 +34,10 @@ def _write_split(spill: Path, chosen: list, offsets: dict, out: Path, chunk_byte
     # (another subset, LitGPT's TextFiles) would mix their chunks: give this run a private one.
     private = {name: str(spill.parent / name.lower()) for name in
                ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER")}
-    saved = {name: os.environ.get(name) for name in private}
-    os.environ.update(private)
-    try:
+    with mock.patch.dict(os.environ, private):
         # One worker: the shards' bytes then depend only on the chosen documents and their order.
         optimize(fn=emit, inputs=spans, output_dir=str(out), num_workers=1, chunk_bytes=chunk_bytes,
                  item_loader=TokensLoader(), start_method="fork")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     _stamp_index(out)
 
 
@@ -184,9 +177,9 @@ def setup(
         domain_weights: Stratify: each domain's share of the training budget, e.g. ``{RedPajamaArXiv: 0.025, ...}``.
         overwrite: Replace a non-empty ``out_dir``.
     """
+    arguments = dict(locals())
     try:
-        summary = build_subset(corpus, tokenizer_dir, out_dir, tokens, fraction, val_tokens, seed, text_key,
-                               domain_key, overwrite, domain_weights=domain_weights)
+        summary = build_subset(**arguments)
     except InherituneError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(json.dumps(summary, indent=2))

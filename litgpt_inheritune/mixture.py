@@ -21,7 +21,7 @@ from litgpt_inheritune.errors import InherituneError
 def normalize_weights(weights: Mapping[str, float]) -> dict[str, float]:
     """Weights scaled to sum to one; a one-line error for empty, negative, non-finite or all-zero weights."""
     if not weights:
-        raise InherituneError("give at least one domain weight, e.g. --weights '{web: 0.7, code: 0.3}'")
+        raise InherituneError("give at least one domain weight, e.g. --domain_weights '{web: 0.7, code: 0.3}'")
     for name, value in weights.items():
         if not math.isfinite(value) or value < 0:
             raise InherituneError(f"the weight of domain {name!r} is {value}; weights must be finite and >= 0")

@@ -109,7 +109,7 @@ class Candidate:
     domain: str
 
 
-def select(candidates: Iterable[Candidate], budget: int) -> list[Candidate]:
+def select(candidates: Iterable[Candidate], budget: int, what: str = "the corpus") -> list[Candidate]:
     """The candidates with the smallest keys whose tokens reach ``budget``, in key order (last one taken whole)."""
     if budget <= 0:
         raise InherituneError(f"the token budget must be positive, got {budget}")
@@ -121,7 +121,7 @@ def select(candidates: Iterable[Candidate], budget: int) -> list[Candidate]:
         total += candidate.n_tokens
     if total < budget:
         raise InherituneError(
-            f"the corpus holds {total:,} tokens, fewer than the budget of {budget:,}; lower --tokens or --fraction"
+            f"{what} holds {total:,} tokens, fewer than the budget of {budget:,}; lower --tokens or --fraction"
         )
     return chosen
 
@@ -135,5 +135,5 @@ def select_per_domain(candidates: Iterable[Candidate], budgets: dict[str, int]) 
     empty = sorted(name for name, found in by_domain.items() if not found)
     if empty:
         raise InherituneError(f"no documents of domain(s) {empty} in the corpus; check the domain names")
-    chosen = [c for name, found in by_domain.items() for c in select(found, budgets[name])]
+    chosen = [c for name, found in by_domain.items() for c in select(found, budgets[name], f"domain {name!r}")]
     return sorted(chosen, key=lambda c: (c.key, c.source, c.index))
