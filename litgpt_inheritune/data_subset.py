@@ -1,38 +1,209 @@
 """`litgpt inheritune_data`: cut a deterministic token-budget subset of a corpus into litdata-optimized shards.
 
 The output dir gets ``train/`` and ``val/`` (read them with ``--data LitData --data.data_path OUT
---data.split_names '[train, val]'``) and ``summary.json``. Tokens of the whole corpus are spilled to a temporary
-file on disk, never held in memory; memory grows only with the number of documents (a few dozen bytes each).
+--data.split_names '[train, val]'``) and ``summary.json``; with ``--split_by_domain true`` it gets
+``train/<domain>/`` and ``val/<domain>/`` instead. Tokens are spilled to temporary files on disk, never held in
+memory; memory grows only with the number of documents (a few dozen bytes each).
+
+How the work is done (none of it changes which documents are chosen, so the shards are the same bytes whatever
+``num_workers`` is):
+
+- The corpus is split into units (files, .arrow files of a saved dataset, litdata dirs); workers read and tokenize
+  whole units, each into its own spill file.
+- With a token budget (``--tokens``) and budgets fixed in advance, a first pass only counts characters per document
+  and picks a key threshold that should hold the budget with a margin (6 characters per token assumed); only
+  documents below it are tokenized. The selection is then made among them exactly as among all documents: the
+  chosen documents are a key-prefix of the corpus, so if the prefix holds the budget the result is the same. If it
+  does not (a corpus of unusually long tokens), the threshold is raised with the measured ratio and the missing
+  documents tokenized in another pass, up to the whole corpus.
+- ``--fraction`` and the corpus's own proportions (``--stratify`` or ``--split_by_domain`` without weights) need the
+  token count of every document, so they tokenize everything in one pass.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 from litgpt_inheritune.errors import InherituneError
 
+CHARS_PER_TOKEN = 6.0  # assumed by the first threshold: more than BPE tokenizers give on prose (about 4), so safe
+MARGIN = 1.25  # on the measured ratio when a pass fell short
 
-def _write_split(spill: Path, chosen: list, offsets: dict, out: Path, chunk_bytes: str) -> None:
+
+# ---------------------------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class _Job:
+    units: list
+    tokenizer_dir: str
+    seed: int
+    text_key: str
+    domain_key: str | None
+    skip_unreadable: bool
+    spill_dir: str
+
+
+_JOB: _Job | None = None  # set in the parent before workers fork
+_TOKENIZER = None
+_SPILL: dict[str, Any] = {}
+
+
+def _spill():
+    """This process's spill file (appended to; a process writes only its own)."""
+    path = os.path.join(_JOB.spill_dir, f"spill-{os.getpid()}.u32")
+    if _SPILL.get("path") != path:
+        _close_spill()
+        _SPILL.update(path=path, file=open(path, "ab"))
+    return path, _SPILL["file"]
+
+
+def _close_spill() -> None:
+    if _SPILL.get("file") is not None:
+        _SPILL["file"].close()
+    _SPILL.clear()
+
+
+@contextmanager
+def _job(job: _Job):
+    """Makes ``job`` what this process and the workers it forks work on."""
+    global _JOB
+    _JOB = job
+    try:
+        yield
+    finally:
+        _JOB = None
+        _close_spill()
+
+
+def _documents(unit_index: int):
+    from litgpt_inheritune.subset import unit_documents
+
+    return unit_documents(_JOB.units[unit_index], _JOB.text_key, _JOB.domain_key)
+
+
+def _scan_unit(unit_index: int) -> dict:
+    """Keys, characters and domains of a unit's documents (no tokenizing)."""
+    import numpy as np
+
+    from litgpt_inheritune.subset import UnreadableError, document_key
+
+    keys, chars, domains = [], [], []
+    try:
+        for doc in _documents(unit_index):
+            keys.append(document_key(_JOB.seed, doc.source, doc.index))
+            chars.append(len(doc.text))
+            domains.append(doc.domain)
+    except UnreadableError as exc:
+        if not _JOB.skip_unreadable:
+            raise
+        return {"unit": unit_index, "skipped": exc}
+    names = sorted(set(domains))
+    codes = {name: i for i, name in enumerate(names)}
+    return {"unit": unit_index, "keys": np.array(keys, dtype=np.float64), "chars": np.array(chars, dtype=np.int64),
+            "domains": names, "codes": np.array([codes[d] for d in domains], dtype=np.int32)}
+
+
+def _tokenize_unit(task: tuple[int, float, float]) -> dict:
+    """Tokenizes the unit's documents with ``lo <= key < hi`` into this process's spill file.
+
+    An unreadable unit with ``skip_unreadable`` is dropped whole: the spill is cut back to where the unit began, so
+    none of its documents is used even if some were read before the bad part.
+    """
+    global _TOKENIZER
+    import numpy as np
+    from litgpt import Tokenizer
+
+    from litgpt_inheritune.subset import UnreadableError, document_key
+
+    unit_index, lo, hi = task
+    if _TOKENIZER is None:
+        _TOKENIZER = Tokenizer(_JOB.tokenizer_dir)
+    path, sink = _spill()
+    start = sink.tell()
+    rows, n_documents = [], 0
+    try:
+        for doc in _documents(unit_index):
+            n_documents += 1
+            key = document_key(_JOB.seed, doc.source, doc.index)
+            if not lo <= key < hi:
+                continue
+            ids = _TOKENIZER.encode(doc.text, bos=False, eos=True).numpy().astype(np.uint32)
+            offset = sink.tell() // 4
+            sink.write(ids.tobytes())
+            rows.append((doc.index, key, len(ids), offset, len(doc.text), doc.domain))
+    except UnreadableError as exc:
+        sink.seek(start)
+        sink.truncate()
+        sink.flush()
+        if not _JOB.skip_unreadable:
+            raise
+        return {"unit": unit_index, "skipped": exc}
+    sink.flush()
+    return {"unit": unit_index, "spill": path, "rows": rows, "documents": n_documents}
+
+
+def _map(fn, items: list, num_workers: int, desc: str, progress: bool):
+    """``fn`` over ``items`` in order, in ``num_workers`` forked processes, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc=desc, unit="file", file=sys.stderr, disable=not progress, mininterval=1)
+    documents = 0
+    try:
+        if num_workers <= 1 or len(items) <= 1:
+            results = map(fn, items)
+            pool = None
+        else:
+            import multiprocessing
+
+            pool = multiprocessing.get_context("fork").Pool(min(num_workers, len(items)))
+            results = pool.imap(fn, items, chunksize=1)
+        try:
+            for result in results:
+                documents += result.get("documents", len(result.get("keys", ())))
+                bar.set_postfix(documents=documents, refresh=False)
+                bar.update()
+                yield result
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _write_split(spills: list[str], chosen: list, offsets: dict, out: Path, chunk_bytes: str) -> None:
     import numpy as np
     import torch
     from litdata import optimize
     from litdata.streaming import TokensLoader
 
-    tokens = np.memmap(spill, dtype=np.uint32, mode="r")
-    spans = [offsets[(c.source, c.index)] for c in chosen]
+    spans = [offsets[(c.source, c.index)] for c in chosen]  # (spill number, start, length): no paths for litdata
+    maps: dict[int, Any] = {}
 
     def emit(span):
-        start, length = span
-        yield torch.from_numpy(np.array(tokens[start:start + length], dtype=np.int32))
+        spill, start, length = span
+        if spill not in maps:
+            maps[spill] = np.memmap(spills[spill], dtype=np.uint32, mode="r")
+        yield torch.from_numpy(np.array(maps[spill][start:start + length], dtype=np.int32))
 
     # litdata stages chunks in one machine-wide cache folder by default, so two `optimize` runs at the same time
     # (another subset, LitGPT's TextFiles) would mix their chunks: give this run a private one.
-    private = {name: str(spill.parent / name.lower()) for name in
+    staging = Path(spills[0]).parent if spills else out.parent
+    private = {name: str(staging / f"{name.lower()}-{out.parent.name}-{out.name}") for name in
                ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER")}
     with mock.patch.dict(os.environ, private):
         # One worker: the shards' bytes then depend only on the chosen documents and their order.
@@ -55,6 +226,82 @@ def _stamp_index(out: Path) -> None:
     index_path.write_text(json.dumps(index, sort_keys=True))
 
 
+def domain_dirs(domains) -> dict[str, str]:
+    """Each domain's dir name: the name with every character outside [A-Za-z0-9._-] replaced by ``_``."""
+    dirs: dict[str, str] = {}
+    for name in sorted(domains):
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        if safe.strip(".") == "":
+            safe = f"domain_{safe}"
+        clash = [other for other, d in dirs.items() if d == safe]
+        if clash:
+            raise InherituneError(
+                f"domains {clash[0]!r} and {name!r} both become the dir name {safe!r}; rename one in the corpus "
+                "or drop --split_by_domain"
+            )
+        dirs[name] = safe
+    return dirs
+
+
+# ---------------------------------------------------------------------------------------------- choosing
+
+
+def _count(chosen) -> dict:
+    per_domain: dict[str, int] = {}
+    for c in chosen:
+        per_domain[c.domain] = per_domain.get(c.domain, 0) + c.n_tokens
+    return {"documents": len(chosen), "tokens": sum(per_domain.values()), "tokens_per_domain": per_domain}
+
+
+def _choose(candidates: list, budget: int, val_tokens: int, shares: dict[str, float] | None, split_by_domain: bool):
+    """{"train": [...], "val": [...]} or, split by domain, {domain: {"train": [...], "val": [...]}}.
+
+    Raises ``NotEnoughTokens`` when the candidates (all, or a key-prefix of the corpus) fall short of a budget.
+    """
+    from litgpt_inheritune.subset import NotEnoughTokens, select, select_per_domain
+
+    budgets = None if shares is None else {d: max(1, round(w * budget)) for d, w in shares.items() if w > 0}
+    if not split_by_domain:
+        val = select(candidates, val_tokens, "the corpus (for --val_tokens)") if val_tokens > 0 else []
+        taken = {(c.source, c.index) for c in val}
+        rest = [c for c in candidates if (c.source, c.index) not in taken]
+        train = select(rest, budget) if budgets is None else select_per_domain(rest, budgets)
+        return {"train": train, "val": val}
+    by_domain: dict[str, list] = {d: [] for d in budgets}
+    for c in candidates:
+        if c.domain in by_domain:
+            by_domain[c.domain].append(c)
+    empty = sorted(d for d, found in by_domain.items() if not found)
+    if empty:
+        raise NotEnoughTokens(f"no documents of domain(s) {empty} in the corpus; check the domain names")
+    result = {}
+    for domain, found in by_domain.items():
+        val = select(found, val_tokens, f"domain {domain!r} (for --val_tokens)") if val_tokens > 0 else []
+        taken = {(c.source, c.index) for c in val}
+        train = select([c for c in found if (c.source, c.index) not in taken], budgets[domain], f"domain {domain!r}")
+        result[domain] = {"train": train, "val": val}
+    return result
+
+
+def _threshold(scan: dict, needs: list[tuple[str | None, int]], chars_per_token: float, floor: float) -> float:
+    """The smallest key threshold whose documents should hold every ``(domain or None, tokens)`` need."""
+    import numpy as np
+
+    threshold = floor
+    for domain, need in needs:
+        mask = np.ones(len(scan["keys"]), dtype=bool) if domain is None else scan["domains"] == domain
+        keys, chars = scan["keys"][mask], scan["chars"][mask]
+        order = np.argsort(keys, kind="stable")
+        reach = np.searchsorted(np.cumsum(chars[order]), need * chars_per_token)
+        if reach >= len(keys):
+            return 1.0
+        threshold = max(threshold, float(np.nextafter(keys[order][reach], 2.0)))
+    return min(1.0, threshold)
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
 def build_subset(
     corpus: Path,
     tokenizer_dir: Path,
@@ -68,82 +315,181 @@ def build_subset(
     overwrite: bool = False,
     chunk_bytes: str = "64MB",
     domain_weights: dict[str, float] | None = None,
+    skip_unreadable: bool = False,
+    preset: str | None = None,
+    split: str | None = None,
+    stratify: bool = False,
+    split_by_domain: bool = False,
+    num_workers: int | None = None,
+    progress: bool = True,
+    candidate_pass: bool = True,
 ) -> dict:
     """``setup`` without the error conversion; returns the summary."""
     import numpy as np
-    from litgpt import Tokenizer
 
     from litgpt_inheritune.checkpoint import atomic_dir, has_tokenizer
     from litgpt_inheritune.mixture import normalize_weights
-    from litgpt_inheritune.subset import (
-        Candidate,
-        corpus_files,
-        document_key,
-        iter_documents,
-        select,
-        select_per_domain,
-    )
+    from litgpt_inheritune.subset import Candidate, NotEnoughTokens, corpus_units, get_preset
 
     out_dir = Path(out_dir)
     if (tokens is None) == (fraction is None):
         raise InherituneError("give exactly one budget: --tokens N or --fraction F")
     if fraction is not None and not 0 < fraction <= 1:
         raise InherituneError(f"--fraction must be in (0, 1], got {fraction}")
+    if tokens is not None and tokens <= 0:
+        raise InherituneError(f"--tokens must be positive, got {tokens}")
+    if val_tokens < 0:
+        raise InherituneError(f"--val_tokens must be >= 0, got {val_tokens}")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise InherituneError(f"{str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite true")
     if not has_tokenizer(tokenizer_dir):
         raise InherituneError(f"no tokenizer in {str(tokenizer_dir)!r}; pass the reference's checkpoint dir")
+    layout = get_preset(preset)
+    if layout is not None:
+        domain_key = domain_key or layout.domain_key
+        text_key = text_key if text_key != "text" else layout.text_key
+    has_domains = bool(domain_key) or bool(layout and layout.path_domains)
+    for flag, on in (("--domain_weights", domain_weights is not None), ("--stratify", stratify),
+                     ("--split_by_domain", split_by_domain)):
+        if on and not has_domains:
+            raise InherituneError(f"{flag} needs --domain_key, the record field that names the domain (or a --preset)")
     if domain_weights is not None:
-        if not domain_key:
-            raise InherituneError("--domain_weights needs --domain_key, the record field that names the domain")
         domain_weights = normalize_weights(domain_weights)
-    corpus_files(corpus)  # fails early on a missing or empty corpus
+    if num_workers is None:
+        num_workers = min(4, os.cpu_count() or 1)
+    if num_workers < 1:
+        raise InherituneError(f"--num_workers must be at least 1, got {num_workers}")
+    units = corpus_units(corpus, layout, split)  # fails early on a missing or empty corpus
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
-    tokenizer = Tokenizer(tokenizer_dir)
+    natural = domain_weights is None and (stratify or split_by_domain)  # needs every document's tokens
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="inheritune-data-") as tmp:
-        spill = Path(tmp) / "tokens.u32"
-        candidates, offsets, position = [], {}, 0
-        with spill.open("wb") as sink:
-            for doc in iter_documents(corpus, text_key=text_key, domain_key=domain_key):
-                ids = tokenizer.encode(doc.text, bos=False, eos=True).numpy().astype(np.uint32)
-                sink.write(ids.tobytes())
-                offsets[(doc.source, doc.index)] = (position, len(ids))
-                candidates.append(Candidate(document_key(seed, doc.source, doc.index), doc.source, doc.index,
-                                            len(ids), doc.domain))
-                position += len(ids)
-        corpus_tokens = position
-        budget = tokens if tokens is not None else max(1, round(fraction * corpus_tokens))
-        if budget + val_tokens > corpus_tokens:
-            raise InherituneError(
-                f"the corpus holds {corpus_tokens:,} tokens, fewer than the budget {budget:,} plus --val_tokens "
-                f"{val_tokens:,}; lower the budget"
-            )
-        val = select(candidates, val_tokens) if val_tokens > 0 else []
-        taken = {(c.source, c.index) for c in val}
-        rest = [c for c in candidates if (c.source, c.index) not in taken]
-        if domain_weights is None:
-            train = select(rest, budget)
-        else:  # stratified: each domain gets its share of the budget
-            train = select_per_domain(rest, {d: max(1, round(w * budget)) for d, w in domain_weights.items() if w > 0})
+    with tempfile.TemporaryDirectory(prefix="inheritune-data-") as tmp, _job(
+        _Job(units, str(tokenizer_dir), seed, text_key, domain_key, skip_unreadable, tmp)
+    ):
+        skipped: dict[int, Any] = {}
 
-        def count(chosen):
-            per_domain = {}
-            for c in chosen:
-                per_domain[c.domain] = per_domain.get(c.domain, 0) + c.n_tokens
-            return {"documents": len(chosen), "tokens": sum(per_domain.values()), "tokens_per_domain": per_domain}
+        def skip(result) -> bool:
+            if "skipped" in result:
+                skipped[result["unit"]] = result["skipped"]
+                return True
+            return False
+
+        # Pass 0 (a token budget fixed in advance only): keys and characters of every document, no tokenizer.
+        scan, corpus_documents = None, None
+        if candidate_pass and tokens is not None and not natural:
+            parts = [r for r in _map(_scan_unit, list(range(len(units))), num_workers, "counting", progress)
+                     if not skip(r)]
+            scan = {
+                "unit": np.concatenate([np.full(len(r["keys"]), r["unit"]) for r in parts] or [np.zeros(0, int)]),
+                "keys": np.concatenate([r["keys"] for r in parts] or [np.zeros(0)]),
+                "chars": np.concatenate([r["chars"] for r in parts] or [np.zeros(0, np.int64)]),
+                "domains": np.concatenate(
+                    [np.array(r["domains"] or [""], dtype=object)[r["codes"]] for r in parts] or [np.zeros(0, object)]
+                ),
+            }
+            corpus_documents = len(scan["keys"])
+            if domain_weights is None:
+                needs = [(None, val_tokens + tokens)]
+            else:
+                budgets = {d: round(w * tokens) for d, w in domain_weights.items() if w > 0}
+                needs = ([] if split_by_domain else [(None, val_tokens)]) + [
+                    (d, b + val_tokens) for d, b in budgets.items()]
+            hi = _threshold(scan, needs, CHARS_PER_TOKEN, 0.0)
+        else:
+            hi = 1.0
+
+        spills: list[str] = []
+        candidates, offsets, lo, passes, chosen = [], {}, 0.0, 0, None
+        while True:
+            passes += 1
+            todo = [i for i in range(len(units)) if i not in skipped]
+            if scan is not None and hi < 1.0:  # only units with documents in [lo, hi)
+                inside = (scan["keys"] >= lo) & (scan["keys"] < hi)
+                wanted = set(np.unique(scan["unit"][inside]).tolist())
+                todo = [i for i in todo if i in wanted]
+            counted = 0
+            for result in _map(_tokenize_unit, [(i, lo, hi) for i in todo], num_workers,
+                               f"tokenizing (pass {passes})", progress):
+                if skip(result):
+                    source = units[result["unit"]].source
+                    candidates = [c for c in candidates if c.source != source]
+                    continue
+                counted += result["documents"]
+                if result["spill"] not in spills:
+                    spills.append(result["spill"])
+                spill = spills.index(result["spill"])
+                source = units[result["unit"]].source
+                for index, key, n_tokens, offset, _, domain in result["rows"]:
+                    candidates.append(Candidate(key, source, index, n_tokens, domain))
+                    offsets[(source, index)] = (spill, offset, n_tokens)
+            if hi >= 1.0 and lo == 0.0:
+                corpus_documents = counted
+            corpus_tokens = sum(c.n_tokens for c in candidates) if hi >= 1.0 else None
+            budget = tokens if tokens is not None else max(1, round(fraction * corpus_tokens))
+            if corpus_tokens is not None and not split_by_domain and budget + val_tokens > corpus_tokens:
+                raise InherituneError(
+                    f"the corpus holds {corpus_tokens:,} tokens, fewer than the budget {budget:,} plus --val_tokens "
+                    f"{val_tokens:,}; lower the budget"
+                )
+            if domain_weights is not None:
+                shares = domain_weights
+            elif natural:
+                totals: dict[str, int] = {}
+                for c in candidates:
+                    totals[c.domain] = totals.get(c.domain, 0) + c.n_tokens
+                shares = {d: n / corpus_tokens for d, n in sorted(totals.items())}
+            else:
+                shares = None
+            try:
+                chosen = _choose(candidates, budget, val_tokens, shares, split_by_domain)
+                break
+            except NotEnoughTokens:
+                if hi >= 1.0:
+                    raise
+            # The key-prefix tokenized so far fell short: raise the threshold with the ratio measured on it.
+            seen_tokens = sum(c.n_tokens for c in candidates)
+            seen_chars = int(scan["chars"][(scan["keys"] < hi)].sum())
+            ratio = max(CHARS_PER_TOKEN, MARGIN * seen_chars / max(1, seen_tokens))
+            lo, hi = hi, max(_threshold(scan, needs, ratio, hi), min(1.0, 2 * hi))
+
+        if skipped:
+            listed = [skipped[i].short() for i in sorted(skipped)]
+            print(f"warning: skipped {len(listed)} unreadable file{'s' if len(listed) > 1 else ''}: "
+                  + "; ".join(listed[:10]) + (" ..." if len(listed) > 10 else ""), file=sys.stderr)
 
         summary = {
             "corpus": str(corpus), "tokenizer_dir": str(tokenizer_dir), "seed": seed, "budget_tokens": budget,
-            "corpus_tokens": corpus_tokens, "corpus_documents": len(candidates),
-            "domain_weights": domain_weights, "train": count(train), "val": count(val),
+            "corpus_tokens": corpus_tokens, "corpus_documents": corpus_documents,
+            "tokenized_documents": len(candidates), "passes": passes, "preset": preset, "text_key": text_key,
+            "domain_key": domain_key, "domain_weights": domain_weights,
+            "stratify": "weights" if domain_weights is not None else "natural" if natural else None,
+            "skipped_files": [skipped[i].short() for i in sorted(skipped)],
         }
         with atomic_dir(out_dir, overwrite=overwrite) as staging:
-            _write_split(spill, train, offsets, staging / "train", chunk_bytes)
-            if val:
-                _write_split(spill, val, offsets, staging / "val", chunk_bytes)
+            if not split_by_domain:
+                train, val = chosen["train"], chosen["val"]
+                _write_split(spills, train, offsets, staging / "train", chunk_bytes)
+                if val:
+                    _write_split(spills, val, offsets, staging / "val", chunk_bytes)
+            else:
+                dirs = domain_dirs(chosen)
+                summary["domains"] = {}
+                train, val = [], []
+                for domain in sorted(chosen):
+                    part = chosen[domain]
+                    _write_split(spills, part["train"], offsets, staging / "train" / dirs[domain], chunk_bytes)
+                    if part["val"]:
+                        _write_split(spills, part["val"], offsets, staging / "val" / dirs[domain], chunk_bytes)
+                    summary["domains"][domain] = {
+                        "dir": dirs[domain], "train_tokens": _count(part["train"])["tokens"],
+                        "val_tokens": _count(part["val"])["tokens"], "train_documents": len(part["train"]),
+                        "val_documents": len(part["val"]),
+                    }
+                    train += part["train"]
+                    val += part["val"]
+            summary.update(train=_count(train), val=_count(val))
             (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary
@@ -157,24 +503,38 @@ def setup(
     fraction: float | None = None,
     val_tokens: int = 100_000,
     seed: int = 42,
+    preset: str | None = None,
     text_key: str = "text",
     domain_key: str | None = None,
     domain_weights: dict[str, float] | None = None,
+    stratify: bool = False,
+    split_by_domain: bool = False,
+    split: str | None = None,
+    skip_unreadable: bool = False,
+    num_workers: int | None = None,
     overwrite: bool = False,
 ) -> None:
     """Write a seeded random subset of whole documents of a corpus, with a token budget, as litdata shards.
 
     Arguments:
-        corpus: A file or a directory of .jsonl, .jsonl.zst, .parquet and .txt files (read in sorted order).
+        corpus: A file or a directory of .jsonl, .jsonl.zst, .parquet, .txt and .tar(.gz/.xz) files of .txt
+            documents (read in sorted order), datasets saved with HF ``save_to_disk`` and litdata dirs of text.
         tokenizer_dir: The reference's checkpoint dir (its tokenizer encodes the text).
         out_dir: Gets train/, val/ (litdata-optimized) and summary.json. Written to a temporary dir first.
         tokens: Training tokens to take. Give this or ``fraction``.
         fraction: Share of the corpus's tokens to take, e.g. 0.001.
-        val_tokens: Tokens of held-out documents for validation, chosen before the training subset.
+        val_tokens: Tokens of held-out documents for validation, chosen before the training subset (per domain
+            with ``split_by_domain``).
         seed: Which documents are taken (the same seed, corpus and budget give byte-identical shards).
+        preset: A known corpus's layout and fields: redpajama_v1, redpajama_v1_sample, openwebtext or fineweb_edu.
         text_key: The record field that holds the text (dotted for nested fields).
         domain_key: The record field that names the domain, e.g. ``meta.redpajama_set_name``; counted in the summary.
         domain_weights: Stratify: each domain's share of the training budget, e.g. ``{RedPajamaArXiv: 0.025, ...}``.
+        stratify: Stratify by the corpus's own proportions (each domain's share of the corpus's tokens).
+        split_by_domain: Write train/<domain>/ and val/<domain>/ as separate litdata dirs, one per domain.
+        split: The split of a saved HF DatasetDict to read (default: train).
+        skip_unreadable: Leave out corrupt or unreadable files (whole) with a warning instead of stopping.
+        num_workers: Processes that read and tokenize (default: up to 4); the output does not depend on it.
         overwrite: Replace a non-empty ``out_dir``.
     """
     arguments = dict(locals())

@@ -94,7 +94,7 @@ def test_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
-    with pytest.raises(InherituneError, match=r"x\.jsonl:2 is not JSON"):
+    with pytest.raises(InherituneError, match=r"x\.jsonl:2 \(not JSON.*--skip_unreadable true"):
         list(iter_documents(bad))
     (bad / "x.jsonl").write_text('{"content": "no text key"}\n')
     with pytest.raises(InherituneError, match="--text_key"):
