@@ -24,6 +24,8 @@ from litgpt.args import EvalArgs, LogArgs, TrainArgs
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
+from litgpt_inheritune.data_mixture import DomainMixture, dbl_hooks, measure_reference_losses
+
 INITIAL = "initial"  # out_dir/initial holds the inherited, untrained child
 
 
@@ -77,7 +79,8 @@ def setup(
         precision: The precision to train in. Determines a compatible precision setting by default.
         resume: Path to a checkpoint to resume from, ``True`` to resume from the latest checkpoint in ``out_dir``,
             or ``'auto'`` to resume if one exists. Resuming reuses ``out_dir/initial``; nothing is inherited again.
-        data: A LitGPT data module, e.g. ``TextFiles`` or ``LitData``.
+        data: A LitGPT data module, e.g. ``TextFiles`` or ``LitData``, or
+            ``litgpt_inheritune.data_mixture.DomainMixture`` for weighted domains with dynamic batch loading.
         train: Training arguments as for `litgpt pretrain`. ``epochs`` is turned into ``max_tokens`` from the size
             of the data module's train set; give ``max_tokens`` instead for an infinite or unsized dataset.
         eval: Evaluation arguments, as for `litgpt pretrain`.
@@ -110,6 +113,8 @@ def run(**arguments: Any) -> Path:
     out_dir = Path(a.out_dir)
     if a.data is None:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
+    if isinstance(a.data, DomainMixture):
+        a.data.check()
     train: TrainArgs = a.train
     if train.epochs is not None and train.max_tokens is not None:
         raise InherituneError("give --train.epochs or --train.max_tokens, not both (set the other to null)")
@@ -169,8 +174,16 @@ def run(**arguments: Any) -> Path:
         print(f"{train.epochs} epochs of {per_epoch:,} tokens: --train.max_tokens {max_tokens:,}")
     pretrain_train = replace(train, epochs=None, max_tokens=max_tokens, tie_embeddings=tie)
 
-    hyperparameters = hyperparameters_dict(arguments)
     has_step = isinstance(resume, Path) or any(out_dir.glob("step-*/lit_model.pth"))
+    if isinstance(a.data, DomainMixture) and a.data.dynamic and a.data.reference_losses is None and not has_step:
+        # Dynamic batch loading aims each domain at the reference's own loss there (a resumed run reads them
+        # back from its checkpoint instead).
+        from litgpt import Tokenizer
+
+        a.data.connect(Tokenizer(initial), batch_size=train.micro_batch_size, max_seq_length=max_seq_length)
+        a.data.reference_losses = measure_reference_losses(a.reference_dir, a.data, a.eval.max_iters, max_seq_length)
+        print("Reference losses per domain: " + ", ".join(f"{k} {v:.3f}" for k, v in a.data.reference_losses.items()))
+    hyperparameters = hyperparameters_dict(arguments)
     from_initial = not (resuming and has_step)  # resuming before the first checkpoint restarts from initial
     with ExitStack() as stack:
         stack.enter_context(
@@ -180,6 +193,7 @@ def run(**arguments: Any) -> Path:
         )
         if not a.compile:
             stack.enter_context(mock.patch("torch.compile", lambda model, *args, **kwargs: model))
+        stack.enter_context(dbl_hooks(pretrain, out_dir))  # per-domain validation of a DomainMixture
         pretrain.setup(
             model_name=child.name,
             model_config=child,
