@@ -146,6 +146,9 @@ def _fit_with_fused_ce(stock_fit, chunk: int):
 
     def fit(fabric, devices, state, *args, **kwargs):
         gpt = next((m for m in state["model"].modules() if isinstance(m, GPT)), None)
+        if fabric.world_size > 1:  # FSDP shards the head's weight outside the model's forward
+            fabric.print("fused_ce: off with several devices (FSDP); using the stock loss")
+            return stock_fit(fabric, devices, state, *args, **kwargs)
         if gpt is None or gpt.config.final_logit_softcapping is not None or type(gpt.lm_head) is not nn.Linear:
             fabric.print("fused_ce: not applicable to this model (soft-capped or custom head); using the stock loss")
             return stock_fit(fabric, devices, state, *args, **kwargs)
@@ -275,7 +278,7 @@ def _chunks(hidden, w, targets, ignore_index, chunk, need_grad, want_weight_grad
     acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 for float64 inputs
     loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if need_grad else None
-    grad_weight = torch.zeros(w.shape, dtype=acc, device=w.device) if need_grad and want_weight_grad else None
+    grad_weight = None
     scale = 1.0 / (targets != ignore_index).sum().clamp(min=1).to(acc)
     loss_grad = _kernel("loss_grad", _chunk_loss_grad, hidden.device)
     loss_only = _kernel("loss", _chunk_loss, hidden.device)
@@ -290,8 +293,9 @@ def _chunks(hidden, w, targets, ignore_index, chunk, need_grad, want_weight_grad
         del logits
         loss_sum = loss_sum + part
         grad_hidden[start : start + chunk] = grad @ w
-        if grad_weight is not None:
-            grad_weight += (grad.T @ h).to(acc)
+        if want_weight_grad:
+            part_w = (grad.T @ h).to(acc)
+            grad_weight = part_w if grad_weight is None else grad_weight.add_(part_w)
     if need_grad and grad_weight is None:
         grad_weight = torch.zeros((), device=w.device)
     return loss_sum, (grad_hidden, grad_weight)
