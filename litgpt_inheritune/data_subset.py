@@ -390,6 +390,14 @@ def build_subset(
                 ),
             }
             corpus_documents = len(scan["keys"])
+            found = set(scan["domains"].tolist())
+            if domain_weights is not None:  # checked now, before any tokenizing
+                missing = sorted(d for d, w in domain_weights.items() if w > 0 and d not in found)
+                if missing:
+                    raise InherituneError(f"no documents of domain(s) {missing} in the corpus (it has "
+                                          f"{sorted(found)[:10]}); check the domain names")
+                if split_by_domain:
+                    domain_dirs(d for d, w in domain_weights.items() if w > 0)
             if domain_weights is None:
                 needs = [(None, val_tokens + tokens)]
             else:
