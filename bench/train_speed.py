@@ -14,6 +14,8 @@ A run spec is ``OPTIONS[@KEY=VALUE,...]``: OPTIONS is ``stock`` (LitGPT alone), 
 option), ``all``, or speed option names joined by ``+``; KEYs: ``mb`` (micro-batch), ``precision``,
 ``optimizer`` (``adamw`` or ``adamw8bit``), ``mem`` (cap the CUDA allocator at this many GiB, e.g. 24). A spec
 may end in ``#N`` to repeat it under another name (``stock#2`` measures the noise between two identical runs).
+In ``--runs`` a ``KEY=VALUE`` piece after a comma belongs to the spec before it; specs may also be given as
+arguments (then ``--runs`` defaults to none of the default runs).
 
 MFU counts 6 x matmul parameters (head included, embedding lookup excluded) + 12 x layers x width x sequence FLOPs
 per token (PaLM's convention, full attention) against the GPU's datasheet dense bf16 peak (989 TFLOP/s on H100).
@@ -143,6 +145,17 @@ def parse_spec(spec: str) -> tuple[str, tuple[str, ...] | None, dict[str, str]]:
         raise SystemExit(f"error: bad run spec {spec!r}: {exc}") from None
 
 
+def split_runs(text: str) -> list[str]:
+    """``'stock,all@mb=8,mem=24'`` -> ``['stock', 'all@mb=8,mem=24']``: a KEY=VALUE piece belongs to the spec before."""
+    specs: list[str] = []
+    for piece in filter(None, text.split(",")):
+        if specs and "@" in specs[-1] and piece.split("=", 1)[0] in ("mb", "precision", "optimizer", "mem"):
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs
+
+
 def model_config(args) -> Config:
     if args.tiny:
         return Config.from_name(
@@ -177,9 +190,23 @@ def run_one(spec: str, args, config: Config) -> dict:
         losses.append(tensor.detach().float() * accum)
         return stock_backward(self, tensor, *a, **k)
 
-    def get_lr(*a, **k):
+    prof_iters = args.profile * accum
+    profiler: list = []
+
+    def get_lr(*a, **k):  # LitGPT calls it once at the start of every iteration
         calls["lr"] += 1
+        if prof_iters and calls["lr"] == warm_iters - prof_iters + 1:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if cuda:
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            profiler.append(torch.profiler.profile(activities=activities))
+            profiler[0].__enter__()
         if calls["lr"] == warm_iters + 1:
+            if profiler:  # the profiled iterations are the last warm-up ones, outside the timing
+                profiler[0].__exit__(None, None, None)
+                key = "self_device_time_total" if cuda else "self_cpu_time_total"
+                print(f"=== profile of {name}: {args.profile} steps before the timing")
+                print(profiler[0].key_averages().table(sort_by=key, row_limit=25), flush=True)
             if cuda:
                 torch.cuda.synchronize()
             marks["t0"] = time.perf_counter()
@@ -287,7 +314,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="*", help="extra run specs, after --runs")
-    p.add_argument("--runs", dest="run_list", default=",".join(DEFAULT_RUNS), help="comma-separated run specs")
+    p.add_argument("--runs", dest="run_list", default=None, help="comma-separated run specs (default: "
+                   f"{','.join(DEFAULT_RUNS)}, unless specs are given as arguments)")
     p.add_argument("--model", default="open_llama_3b", help="LitGPT config name of the reference shape")
     p.add_argument("--n_layer", type=int, default=13, help="blocks of the child")
     p.add_argument("--seq", type=int, default=2048)
@@ -301,10 +329,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile the model as LitGPT "
                    "does (auto: on CUDA only)")
     p.add_argument("--peak_tflops", type=float, default=None, help="bf16 peak for MFU (default: from device name)")
+    p.add_argument("--profile", type=int, default=0, help="print a kernel-time table of this many warm-up steps")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", type=Path, default=None, help="append each run's result as a JSON line here")
     args = p.parse_args(argv)
-    specs = [s for s in args.run_list.split(",") if s] + list(args.runs)
+    if args.run_list is None:
+        args.run_list = "" if args.runs else ",".join(DEFAULT_RUNS)
+    specs = split_runs(args.run_list) + list(args.runs)
     for spec in specs:
         parse_spec(spec)  # fail fast on a typo
     args.compile = args.compile == "on" or (args.compile == "auto" and args.device == "cuda")
@@ -316,6 +347,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.precision = args.precision or "bf16-mixed"
     if args.warmup >= args.steps:
         raise SystemExit(f"error: --warmup {args.warmup} must be less than --steps {args.steps}")
+    if args.profile and args.profile >= args.warmup:
+        raise SystemExit(f"error: --profile {args.profile} must be less than --warmup {args.warmup} (compilation)")
     if args.tiny and args.seq == 2048:
         args.seq = 64
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"

@@ -171,12 +171,12 @@ def test_bench_cpu_smoke_run_prints_the_table(tmp_path):
     out = tmp_path / "runs.jsonl"
     cmd = [
         sys.executable, str(ROOT / "bench" / "train_speed.py"), "--device", "cpu", "--tiny", "--steps", "4",
-        "--warmup", "1", "--runs", "stock,all,stock@mb=2,fused_ce@mb=2", "--out", str(out),
+        "--warmup", "1", "--runs", "stock,all,stock@mb=2,fused_ce@mb=2,precision=32-true", "--out", str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = proc.stdout[proc.stdout.index("| run |"):]
-    for run in ("stock", "all", "stock@mb=2", "fused_ce@mb=2"):
+    for run in ("stock", "all", "stock@mb=2", "fused_ce@mb=2,precision=32-true"):
         assert f"| {run} |" in table
     rows = [line for line in out.read_text().splitlines() if '"run"' in line]
     assert len(rows) == 4
@@ -195,3 +195,21 @@ def test_bench_rejects_a_bad_run_spec_in_one_line():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: bad run spec 'fast'")
+
+
+def test_bench_run_specs():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "bench" / "train_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["train_speed"] = bench  # its dataclass looks its module up
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules["train_speed"]
+    runs = bench.split_runs("stock,checkpoint+fused_ce@optimizer=adamw8bit,mem=24,stock#2,all@mb=8")
+    assert runs == ["stock", "checkpoint+fused_ce@optimizer=adamw8bit,mem=24", "stock#2", "all@mb=8"]
+    assert bench.parse_spec(runs[1]) == (runs[1], ("checkpoint", "fused_ce"), {"optimizer": "adamw8bit", "mem": "24"})
+    assert bench.parse_spec("stock#2") == ("stock#2", None, {})
+    with pytest.raises(SystemExit, match="bad run spec"):
+        bench.parse_spec("fused_ce@lr=1")
