@@ -75,14 +75,14 @@ def _close_spill() -> None:
 
 
 @contextmanager
-def _job(job: _Job):
-    """Makes ``job`` what this process and the workers it forks work on."""
-    global _JOB
-    _JOB = job
+def _job(job: _Job, tokenizer):
+    """Makes ``job`` what this process and the workers it forks work on (they inherit the loaded tokenizer)."""
+    global _JOB, _TOKENIZER
+    _JOB, _TOKENIZER = job, tokenizer
     try:
         yield
     finally:
-        _JOB = None
+        _JOB = _TOKENIZER = None
         _close_spill()
 
 
@@ -120,15 +120,11 @@ def _tokenize_unit(task: tuple[int, float, float]) -> dict:
     An unreadable unit with ``skip_unreadable`` is dropped whole: the spill is cut back to where the unit began, so
     none of its documents is used even if some were read before the bad part.
     """
-    global _TOKENIZER
     import numpy as np
-    from litgpt import Tokenizer
 
     from litgpt_inheritune.subset import UnreadableError, document_key
 
     unit_index, lo, hi = task
-    if _TOKENIZER is None:
-        _TOKENIZER = Tokenizer(_JOB.tokenizer_dir)
     path, sink = _spill()
     start = sink.tell()
     rows, n_documents = [], 0
@@ -363,10 +359,16 @@ def build_subset(
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
     natural = domain_weights is None and (stratify or split_by_domain)  # needs every document's tokens
+    from litgpt import Tokenizer
+
+    try:
+        tokenizer = Tokenizer(tokenizer_dir)
+    except Exception as exc:
+        raise InherituneError(f"cannot load the tokenizer in {str(tokenizer_dir)!r}: {exc}") from None
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="inheritune-data-") as tmp, _job(
-        _Job(units, str(tokenizer_dir), seed, text_key, domain_key, skip_unreadable, tmp)
+        _Job(units, str(tokenizer_dir), seed, text_key, domain_key, skip_unreadable, tmp), tokenizer
     ):
         skipped: dict[int, Any] = {}
 

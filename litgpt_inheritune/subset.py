@@ -153,7 +153,8 @@ def _hf_units(directory: Path, root: Path, split: str | None) -> list[Unit]:
         dataset = datasets.load_from_disk(str(directory))  # memory-maps the .arrow files, reads nothing yet
     except Exception as exc:
         raise InherituneError(f"cannot open the saved dataset {str(directory)!r}: {exc}") from None
-    return [Unit(Path(f["filename"]), Path(f["filename"]).relative_to(root).as_posix(), "arrow")
+    top = root.resolve()
+    return [Unit(Path(f["filename"]), Path(f["filename"]).resolve().relative_to(top).as_posix(), "arrow")
             for f in dataset.cache_files]
 
 
