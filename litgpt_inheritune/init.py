@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Literal
 
 from litgpt_inheritune.checkpoint import (
     atomic_dir,
@@ -16,6 +18,8 @@ from litgpt_inheritune.checkpoint import (
 )
 from litgpt_inheritune.errors import InherituneError
 from litgpt_inheritune.inherit import PARTS, inherit, resolve_layers, resolve_parts
+
+INHERITANCE_FILE = "inheritune.json"  # what the child was made of: reference, blocks, parts, how they were chosen
 
 
 def pretrain_init_state_dict(config, seed: int) -> dict:
@@ -40,17 +44,26 @@ def plan_child(
     layers: list[int] | None,
     parts: list[str] | None,
     tokenizer_dir: Path | None,
+    select: str = "first",
+    analysis: Path | None = None,
 ) -> Plan:
     """Checks every input cheaply (weights memory-mapped, nothing copied) and returns what to build."""
+    from litgpt_inheritune.analysis import load_analysis, select_layers
+
     reference_dir = Path(reference_dir)
     config = load_reference_config(reference_dir)
+    if select != "first":
+        if layers is not None or n_layers is None:
+            raise InherituneError(f"--select {select} picks --n_layers blocks; give --n_layers N and no --layers")
+        layers, n_layers = select_layers(select, n_layers, config.n_layer, load_analysis(analysis)), None
     layers = resolve_layers(config.n_layer, n_layers, layers)
     parts = resolve_parts(parts)
     state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
     check_weights_match_config(config, state_dict, reference_dir / "lit_model.pth")
     if tokenizer_dir is not None:
         check_tokenizer(tokenizer_dir, reference_dir, config)
-    return Plan(reference_dir=reference_dir, config=config, state_dict=state_dict, layers=layers, parts=parts)
+    return Plan(reference_dir=reference_dir, config=config, state_dict=state_dict, layers=layers, parts=parts,
+                select=select, analysis=None if analysis is None else str(analysis))
 
 
 def build_child(plan: Plan, out_dir: Path, seed: int = 42, overwrite: bool = False):
@@ -64,6 +77,10 @@ def build_child(plan: Plan, out_dir: Path, seed: int = 42, overwrite: bool = Fal
     child, state_dict = inherit(plan.config, plan.state_dict, plan.layers, plan.parts, init, copy=False)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_checkpoint(tmp, child, state_dict, plan.reference_dir, plan.layers)
+        record = {"reference": str(plan.reference_dir), "reference_name": plan.config.name,
+                  "reference_blocks": plan.config.n_layer, "layers": plan.layers, "parts": list(plan.parts),
+                  "select": getattr(plan, "select", "first"), "analysis": getattr(plan, "analysis", None)}
+        (tmp / INHERITANCE_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return child
 
 
@@ -76,6 +93,8 @@ def setup(
     tokenizer_dir: Path | None = None,
     seed: int = 42,
     overwrite: bool = False,
+    select: Literal["first", "even", "block_influence", "angular_distance"] = "first",
+    analysis: Path | None = None,
 ) -> None:
     """Write a child model that inherits the first blocks of a reference model, as a LitGPT checkpoint.
 
@@ -93,6 +112,10 @@ def setup(
         tokenizer_dir: Check that this tokenizer matches the reference's vocabulary (default: the reference's).
         seed: Random seed for the parts that are not inherited.
         overwrite: Replace an existing checkpoint in ``out_dir``.
+        select: How ``n_layers`` blocks are chosen: ``first`` (Inheritune), ``even`` (spread over the depth),
+            ``block_influence`` (the most influential) or ``angular_distance`` (drop the most redundant run);
+            the last two read ``analysis``. The choice is recorded in ``out_dir/inheritune.json``.
+        analysis: ``analysis.json`` (or its dir) written by `litgpt inheritune_analyze` for this reference.
     """
     try:
         out_dir = Path(out_dir)
@@ -101,7 +124,7 @@ def setup(
                 f"{str(out_dir)!r} already holds a checkpoint; choose another --out_dir or pass --overwrite true"
             )
         t0 = time.perf_counter()
-        plan = plan_child(reference_dir, n_layers, layers, parts, tokenizer_dir)
+        plan = plan_child(reference_dir, n_layers, layers, parts, tokenizer_dir, select, analysis)
         child = build_child(plan, out_dir, seed=seed, overwrite=overwrite)
     except InherituneError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -62,6 +62,8 @@ def setup(
     seed: int = 42,
     compile: bool = True,
     overwrite: bool = False,
+    select: Literal["first", "even", "block_influence", "angular_distance"] = "first",
+    analysis: Path | None = None,
 ) -> None:
     """Inheritune: give a child the first blocks of a reference model, then pretrain it with LitGPT.
 
@@ -93,6 +95,9 @@ def setup(
         seed: The random seed (model init of parts not inherited, data order).
         compile: Compile the model with ``torch.compile`` as `litgpt pretrain` does. Turn off for quick CPU runs.
         overwrite: Delete a finished or interrupted run in ``out_dir`` and start again.
+        select: How ``n_layers`` blocks are chosen: ``first`` (Inheritune), ``even``, ``block_influence`` or
+            ``angular_distance`` (the last two read ``analysis``); recorded in ``out_dir/initial/inheritune.json``.
+        analysis: ``analysis.json`` (or its dir) written by `litgpt inheritune_analyze` for this reference.
     """
     arguments = dict(locals())
     try:
@@ -145,14 +150,14 @@ def run(**arguments: Any) -> Path:
         from litgpt import Config
 
         child = Config.from_file(initial / "model_config.yaml")
-        plan = plan_child(a.reference_dir, a.n_layers, a.layers, a.parts, a.tokenizer_dir)
+        plan = plan_child(a.reference_dir, a.n_layers, a.layers, a.parts, a.tokenizer_dir, a.select, a.analysis)
         if child.n_layer != len(plan.layers):
             raise InherituneError(
                 f"{str(initial)!r} holds a {child.n_layer}-block child but you asked for {len(plan.layers)} blocks; "
                 "resume with the arguments of the original run"
             )
     else:
-        plan = plan_child(a.reference_dir, a.n_layers, a.layers, a.parts, a.tokenizer_dir)
+        plan = plan_child(a.reference_dir, a.n_layers, a.layers, a.parts, a.tokenizer_dir, a.select, a.analysis)
         if not has_tokenizer(a.tokenizer_dir or a.reference_dir):
             raise InherituneError(f"{str(a.reference_dir)!r} has no tokenizer; pass --tokenizer_dir")
         if a.overwrite and out_dir.exists() and _is_rank_zero():
@@ -217,6 +222,7 @@ def run(**arguments: Any) -> Path:
 
 class _Args:
     def __init__(self, arguments: dict) -> None:
+        self.select, self.analysis = "first", None  # arguments added later have defaults for direct callers of run
         self.__dict__.update(arguments)
         self.reference_dir = Path(self.reference_dir)
         if self.tokenizer_dir is not None:
