@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+from litgpt_inheritune.evaluation import val_loss
 from litgpt_inheritune.smollm2 import prepare_smollm2
 
 
@@ -31,28 +32,6 @@ def write_pydoc_text(data_dir: Path) -> tuple[Path, Path]:
         if not path.is_file():
             path.write_text(topics[name], encoding="utf-8")
     return train_dir, val_dir
-
-
-def val_loss(checkpoint_dir: Path, data, max_seq_length: int, batch_size: int, max_iters: int) -> float:
-    """Validation loss of a checkpoint on ``data``'s validation set, with `litgpt pretrain`'s own ``validate``."""
-    import lightning as L
-    import torch
-    from litgpt import GPT, Config, Tokenizer
-    from litgpt.pretrain import validate
-
-    checkpoint_dir = Path(checkpoint_dir)
-    config = Config.from_file(checkpoint_dir / "model_config.yaml")
-    fabric = L.Fabric(accelerator="cpu", devices=1, precision="32-true", loggers=[])
-    model = GPT(config)
-    model.max_seq_length = max_seq_length
-    state = torch.load(checkpoint_dir / "lit_model.pth", mmap=True, weights_only=False)
-    model.load_state_dict(state.get("model", state))
-    data.connect(tokenizer=Tokenizer(checkpoint_dir), batch_size=batch_size, max_seq_length=max_seq_length)
-    data.prepare_data()
-    data.setup()
-    loader = data.val_dataloader()
-    fabric.seed_everything(0)
-    return float(validate(fabric, model, loader, max_iters=max_iters, verbose=False))
 
 
 def main(

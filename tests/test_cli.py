@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from litgpt_inheritune import data_subset, init, train
+from litgpt_inheritune import analyze, data_subset, grow, init, train
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -31,7 +31,8 @@ def litgpt(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def test_litgpt_help_lists_our_commands_next_to_stock_ones():
     out = litgpt("--help").stdout
-    for command in ("inheritune", "inheritune_init", "pretrain", "evaluate", "convert_from_litgpt"):
+    for command in ("inheritune", "inheritune_init", "inheritune_data", "inheritune_analyze", "inheritune_grow",
+                    "pretrain", "evaluate", "convert_from_litgpt"):
         assert command in out
 
 
@@ -46,7 +47,8 @@ def test_stock_command_still_works():
 
 
 @pytest.mark.parametrize("command, function", [("inheritune", train.setup), ("inheritune_init", init.setup),
-                                               ("inheritune_data", data_subset.setup)])
+                                               ("inheritune_data", data_subset.setup), ("inheritune_analyze", analyze.setup),
+                                               ("inheritune_grow", grow.setup)])
 def test_help_documents_every_argument(command, function):
     out = litgpt(command, "--help").stdout
     for name, parameter in inspect.signature(function).parameters.items():

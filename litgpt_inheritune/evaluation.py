@@ -1,0 +1,33 @@
+"""Validation loss of a LitGPT checkpoint on a data module's validation set, with `litgpt pretrain`'s own loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def val_loss(checkpoint_dir: Path, data, max_seq_length: int, batch_size: int, max_iters: int, device: str = "auto") -> float:
+    """Mean loss over the first ``max_iters`` validation batches (``litgpt.pretrain.validate``), on CUDA in bf16
+    when available (``device='auto'``), else on CPU in float32. Reads a plain or a training checkpoint."""
+    import lightning as L
+    import torch
+    from litgpt import GPT, Config, Tokenizer
+    from litgpt.pretrain import validate
+
+    checkpoint_dir = Path(checkpoint_dir)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = "bf16-true" if device == "cuda" else "32-true"
+    config = Config.from_file(checkpoint_dir / "model_config.yaml")
+    fabric = L.Fabric(accelerator=device, devices=1, precision=precision, loggers=[])
+    with fabric.init_module():
+        model = GPT(config)
+    model.max_seq_length = max_seq_length
+    state = torch.load(checkpoint_dir / "lit_model.pth", mmap=True, weights_only=False, map_location="cpu")
+    model.load_state_dict(state.get("model", state))
+    model = fabric.setup_module(model)
+    data.connect(tokenizer=Tokenizer(checkpoint_dir), batch_size=batch_size, max_seq_length=max_seq_length)
+    data.prepare_data()
+    data.setup()
+    loader = fabric.setup_dataloaders(data.val_dataloader())
+    fabric.seed_everything(0)
+    return float(validate(fabric, model, loader, max_iters=max_iters, verbose=False))
