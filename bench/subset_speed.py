@@ -1,14 +1,13 @@
 """Speed and peak RAM of `litgpt inheritune_data` against corpus size, on CPU.
 
 Builds corpora of real text several times the subset's size: Python's own standard library sources (the .py files
-of the running interpreter's stdlib, PSF licence), one document per file, 50 documents per .jsonl file; the corpus
-k times the subset holds the first files of the (sorted) library until k x the subset's tokens are reached, so the
-documents are all distinct. Then builds the same subset from each, each run in a fresh process, and prints a
+of the running interpreter's stdlib, PSF licence), one document per source file, 50 documents per .jsonl file, until
+k x the subset's tokens are reached (past the library's 3.5M tokens its files repeat under new names). Then builds the same subset from each, each run in a fresh process, and prints a
 markdown row per run: corpus tokens, seconds (after imports), corpus tokens per second, and peak resident memory (ru_maxrss) of the
 main process and of the largest worker.
 
     python bench/subset_speed.py --tokenizer_dir checkpoints/SmolLM2-135M-Instruct --work_dir /tmp/subset-bench \
-        --subset_tokens 250000 --multiples 2 4 8 12 --num_workers 1 2 --repeats 2
+        --subset_tokens 1000000 --multiples 2 4 8 16 --num_workers 2 --repeats 1
 
 Each size runs twice: with the candidate pass (the default: count characters, tokenize only documents that can be
 chosen) and with ``candidate_pass=False`` (tokenize everything, as `--fraction` must).
@@ -44,31 +43,34 @@ def library_documents() -> list[str]:
 
 
 def write_corpora(work_dir: Path, tokenizer_dir: Path, subset_tokens: int, multiples: list[int]) -> dict[int, dict]:
-    """One corpus per multiple; {multiple: {"dir", "documents", "tokens", "mb"}} (tokens counted here, with EOS)."""
+    """One corpus per multiple; {multiple: {"dir", "documents", "tokens", "mb"}} (tokens counted here, with EOS).
+
+    Document i is library file i modulo the library's size, stored as line i % 50 of part-{i // 50}.jsonl: past the
+    library's 3.5M tokens texts repeat, but under other file names (so other keys); the smaller corpora's files are
+    the first files of the larger ones.
+    """
     from litgpt import Tokenizer
 
     tokenizer = Tokenizer(tokenizer_dir)
-    documents, counts = library_documents(), []
-    corpora, total = {}, 0
+    library, counts = library_documents(), []
+    corpora, total, n = {}, 0, 0
     for multiple in sorted(multiples):
         while total < multiple * subset_tokens:
-            if len(counts) == len(documents):
-                raise SystemExit(f"the stdlib holds {total:,} tokens, fewer than {multiple} x {subset_tokens:,}; "
-                                 "lower --subset_tokens or --multiples")
-            counts.append(len(tokenizer.encode(documents[len(counts)], bos=False, eos=True)))
-            total += counts[-1]
+            if len(counts) < len(library):
+                counts.append(len(tokenizer.encode(library[len(counts)], bos=False, eos=True)))
+            total += counts[n % len(library)]
+            n += 1
         directory = work_dir / f"corpus-x{multiple}"
         if not directory.is_dir():
             tmp = work_dir / f".corpus-x{multiple}.tmp"
             tmp.mkdir(parents=True, exist_ok=True)
-            n = len(counts)
             for start in range(0, n, 50):
-                lines = "".join(json.dumps({"text": t}) + "\n" for t in documents[start:min(n, start + 50)])
-                (tmp / f"part-{start // 50:04d}.jsonl").write_text(lines)
+                lines = "".join(json.dumps({"text": library[i % len(library)]}) + "\n"
+                                for i in range(start, min(n, start + 50)))
+                (tmp / f"part-{start // 50:05d}.jsonl").write_text(lines)
             os.replace(tmp, directory)
         size = sum(p.stat().st_size for p in directory.iterdir())
-        corpora[multiple] = {"dir": str(directory), "documents": len(counts), "tokens": total,
-                             "mb": round(size / 1e6, 1)}
+        corpora[multiple] = {"dir": str(directory), "documents": n, "tokens": total, "mb": round(size / 1e6, 1)}
     return corpora
 
 
@@ -111,11 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokenizer_dir", type=Path, default=Path("checkpoints/SmolLM2-135M-Instruct"))
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/subset-bench"))
-    parser.add_argument("--subset_tokens", type=int, default=250_000)
+    parser.add_argument("--subset_tokens", type=int, default=1_000_000)
     parser.add_argument("--val_tokens", type=int, default=10_000)
-    parser.add_argument("--multiples", type=int, nargs="+", default=[2, 4, 8, 12])
+    parser.add_argument("--multiples", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--num_workers", type=int, nargs="+", default=[2])
-    parser.add_argument("--repeats", type=int, default=2, help="runs per row; the fastest is reported")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row; the fastest is reported")
     parser.add_argument("--modes", nargs="+", default=["candidates", "everything"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -153,17 +153,17 @@ def _map(fn, items: list, num_workers: int, desc: str, progress: bool):
     """``fn`` over ``items`` in order, in ``num_workers`` forked processes, with a progress bar on stderr."""
     from tqdm import tqdm
 
+    if num_workers <= 1 or len(items) <= 1:
+        results, pool = map(fn, items), None
+    else:
+        import multiprocessing
+
+        # Forked before the progress bar starts its monitor thread.
+        pool = multiprocessing.get_context("fork").Pool(min(num_workers, len(items)))
+        results = pool.imap(fn, items, chunksize=1)
     bar = tqdm(total=len(items), desc=desc, unit="file", file=sys.stderr, disable=not progress, mininterval=1)
     documents = 0
     try:
-        if num_workers <= 1 or len(items) <= 1:
-            results = map(fn, items)
-            pool = None
-        else:
-            import multiprocessing
-
-            pool = multiprocessing.get_context("fork").Pool(min(num_workers, len(items)))
-            results = pool.imap(fn, items, chunksize=1)
         try:
             for result in results:
                 documents += result.get("documents", len(result.get("keys", ())))
