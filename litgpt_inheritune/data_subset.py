@@ -137,7 +137,7 @@ def _tokenize_unit(task: tuple[int, float, float]) -> dict:
             ids = _TOKENIZER.encode(doc.text, bos=False, eos=True).numpy().astype(np.uint32)
             offset = sink.tell() // 4
             sink.write(ids.tobytes())
-            rows.append((doc.index, key, len(ids), offset, len(doc.text), doc.domain))
+            rows.append((doc.index, key, len(ids), offset, doc.domain))
     except UnreadableError as exc:
         sink.seek(start)
         sink.truncate()
@@ -431,7 +431,7 @@ def build_subset(
                     spills.append(result["spill"])
                 spill = spills.index(result["spill"])
                 source = units[result["unit"]].source
-                for index, key, n_tokens, offset, _, domain in result["rows"]:
+                for index, key, n_tokens, offset, domain in result["rows"]:
                     candidates.append(Candidate(key, source, index, n_tokens, domain))
                     offsets[(source, index)] = (spill, offset, n_tokens)
             if hi >= 1.0 and lo == 0.0:

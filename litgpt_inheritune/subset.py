@@ -158,13 +158,25 @@ def _hf_units(directory: Path, root: Path, split: str | None) -> list[Unit]:
             for f in dataset.cache_files]
 
 
+def _is_litdata(directory: Path) -> bool:
+    """A litdata-optimized dir: an index.json with chunks and a config (other index.json files are not)."""
+    index = directory / "index.json"
+    if not index.is_file():
+        return False
+    try:
+        content = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(content, dict) and "chunks" in content and "config" in content
+
+
 def _walk(directory: Path, root: Path, preset: Preset | None, split: str | None) -> Iterator[Unit]:
     if (directory / "dataset_dict.json").is_file() or (
         (directory / "state.json").is_file() and (directory / "dataset_info.json").is_file()
     ):
         yield from _hf_units(directory, root, split)
         return
-    if (directory / "index.json").is_file():
+    if _is_litdata(directory):
         yield Unit(directory, directory.relative_to(root).as_posix(), "litdata")
         return
     for child in sorted(directory.iterdir()):

@@ -68,23 +68,26 @@ def corpora(tmp_path, bad_files):
     return clean, damaged
 
 
-@pytest.mark.parametrize("num_workers", [1, 2])
-def test_skip_unreadable_leaves_the_files_out_whole(tmp_path, corpora, tiny_reference, capfd, num_workers):
+# The counting pass meets the damage first (default); without it, tokenizing does, after six documents of the file.
+@pytest.mark.parametrize("num_workers, candidate_pass", [(1, False), (2, False), (2, True)])
+def test_skip_unreadable_leaves_the_files_out_whole(tmp_path, corpora, tiny_reference, capfd, num_workers,
+                                                    candidate_pass):
     from litgpt_inheritune.data_subset import build_subset
 
     clean, damaged = corpora
     out = tmp_path / f"out{num_workers}"
     with pytest.raises(UnreadableError, match=r"bad-json\.jsonl:7 .*--skip_unreadable true"):
         build_subset(damaged, tiny_reference, out, tokens=4000, val_tokens=500, num_workers=num_workers,
-                     progress=False)
+                     candidate_pass=candidate_pass, progress=False)
     assert not out.exists()
 
     skipped = build_subset(damaged, tiny_reference, out, tokens=4000, val_tokens=500, skip_unreadable=True,
-                           num_workers=num_workers, progress=False)
+                           num_workers=num_workers, candidate_pass=candidate_pass, progress=False)
     assert "skipped 2 unreadable files" in capfd.readouterr().err
     assert len(skipped["skipped_files"]) == 2 and "bad-json.jsonl:7" in skipped["skipped_files"][0]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped_files"] == skipped["skipped_files"] and summary["corpus_documents"] == 48
+    assert skipped["tokenized_documents"] == (48 if not candidate_pass else skipped["tokenized_documents"])
 
     # The six good documents read before the bad line are not used: the subset is the clean corpus's.
     reference = build_subset(clean, tiny_reference, tmp_path / f"clean{num_workers}", tokens=4000, val_tokens=500,
@@ -92,6 +95,20 @@ def test_skip_unreadable_leaves_the_files_out_whole(tmp_path, corpora, tiny_refe
     assert reference["skipped_files"] == []
     assert files(out / "train") == files(tmp_path / f"clean{num_workers}" / "train")
     assert files(out / "val") == files(tmp_path / f"clean{num_workers}" / "val")
+
+
+def test_cli_error_is_one_line(tmp_path, corpora, tiny_reference):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, damaged = corpora
+    run = subprocess.run([str(Path(sys.executable).parent / "litgpt"), "inheritune_data", str(damaged),
+                          str(tiny_reference), "--tokens", "4000", "--out_dir", str(tmp_path / "cli")],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and not (tmp_path / "cli").exists()
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot read ") and "bad-json.jsonl:7" in last and "--skip_unreadable true" in last
 
 
 def test_a_record_without_text_is_not_skipped(tmp_path, tiny_reference):
