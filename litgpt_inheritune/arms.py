@@ -1,0 +1,231 @@
+"""`litgpt inheritune_arms`: Inheritune next to its baselines and ablations, on the same data and budget.
+
+Every arm is a `litgpt inheritune` run of a child with the same number of blocks, trained by LitGPT's loop with the
+same data, budget, optimizer and seed; arms differ only in how the child starts (and, for the KD arms, in the
+training loss). Each arm's run lives in ``out_dir/<arm>/``; the comparison is written to ``arms.md`` (table),
+``arms.json`` and ``curves.png`` (validation loss against training tokens). Rerunning skips finished arms.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from litgpt.args import EvalArgs, LogArgs, TrainArgs
+from litgpt.data import DataModule
+
+from litgpt_inheritune.errors import InherituneError
+
+NO_NORMS = ["embedding", "attention", "mlp", "head"]
+ARMS: dict[str, dict[str, Any]] = {
+    "inherit": {"what": "first n blocks + embedding, final norm, head (Inheritune)"},
+    "random": {"parts": [], "what": "random init of the same shape (LitGPT's pretraining init)"},
+    "even": {"select": "even", "what": "n blocks spread evenly over the reference"},
+    "block_influence": {"select": "block_influence", "what": "the n most influential blocks (needs --analysis)"},
+    "angular_distance": {"select": "angular_distance", "what": "drop the most redundant run of blocks (needs --analysis)"},
+    "attention_norms": {"parts": ["embedding", "attention", "norms", "final_norm", "head"],
+                        "what": "ablation: attention and norms inherited, MLPs fresh"},
+    "mlp_norms": {"parts": ["embedding", "mlp", "norms", "final_norm", "head"],
+                  "what": "ablation: MLPs and norms inherited, attention fresh"},
+    "no_norms": {"parts": NO_NORMS, "what": "ablation: attention and MLPs inherited, norms fresh"},
+    "kd": {"kd": True, "what": "Inheritune child trained with logit distillation from the reference"},
+    "kd_random": {"parts": [], "kd": True, "what": "random-init child trained with logit distillation"},
+}
+
+
+def check_arms(arms: list[str], analysis: Path | None) -> None:
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise InherituneError(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
+    if len(set(arms)) != len(arms):
+        raise InherituneError("an arm is listed twice in --arms; list each once")
+    needs = [a for a in arms if ARMS[a].get("select") in ("block_influence", "angular_distance")]
+    if needs and analysis is None:
+        raise InherituneError(f"arm(s) {needs} need --analysis from `litgpt inheritune_analyze`")
+
+
+def val_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, val_loss) pairs from the CSV logs of a run (all its versions, later values win)."""
+    points: dict[int, float] = {}
+    for path in sorted(Path(run_dir).rglob("metrics.csv"), key=lambda p: p.stat().st_mtime):
+        with path.open() as stream:
+            for row in csv.DictReader(stream):
+                if row.get("val_loss") not in (None, ""):
+                    points[int(float(row["step"]))] = float(row["val_loss"])
+    return sorted(points.items())
+
+
+def arms_table(rows: list[dict]) -> str:
+    lines = ["| arm | blocks | start val loss | final val loss | best val loss (step) | how it starts |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["final_loss"]):
+        best = f"{r['best_loss']:.4f} ({r['best_step']})" if r["best_loss"] is not None else "-"
+        lines.append(f"| {r['arm']} | {r['layers']} | {r['start_loss']:.4f} | {r['final_loss']:.4f} | {best} | {r['what']} |")
+    return "\n".join(lines)
+
+
+def plot_curves(rows: list[dict], path: Path, title: str, tokens_per_step: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    for r in rows:
+        points = [(0, r["start_loss"])] + [(step + 1, loss) for step, loss in r["curve"]]
+        ax.plot([s * tokens_per_step for s, _ in points], [l for _, l in points], marker=".", label=r["arm"])
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_arms(
+    reference_dir: Path,
+    n_layers: int,
+    data: DataModule | None,
+    out_dir: Path,
+    arms: list[str],
+    analysis: Path | None = None,
+    train: TrainArgs | None = None,
+    eval: EvalArgs | None = None,
+    log: LogArgs | None = None,
+    optimizer: str | dict | None = None,
+    kd_temperature: float = 2.0,
+    kd_alpha: float = 0.5,
+    kd_quantize: str | None = None,
+    precision: str | None = None,
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    seed: int = 42,
+    compile: bool = True,
+) -> list[dict]:
+    """``setup`` without the error conversion; returns the table's rows."""
+    import litgpt.pretrain as pretrain
+
+    from litgpt_inheritune.checkpoint import load_reference_config
+    from litgpt_inheritune.distill import distillation
+    from litgpt_inheritune.evaluation import val_loss
+    from litgpt_inheritune.train import run
+
+    if data is None:
+        raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
+    check_arms(arms, analysis)
+    train = train or TrainArgs(save_interval=None, log_interval=1, global_batch_size=8, micro_batch_size=1,
+                               lr_warmup_steps=100, epochs=1, max_seq_length=2048, max_norm=1.0, min_lr=3e-5)
+    eval = eval or EvalArgs(interval=100, max_iters=100)
+    optimizer = optimizer or {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4, "weight_decay": 0.01}}
+    config = load_reference_config(reference_dir)
+    max_seq_length = train.max_seq_length or config.block_size
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for arm in arms:
+        spec = ARMS[arm]
+        run_dir = out_dir / arm
+        kwargs = dict(reference_dir=reference_dir, n_layers=n_layers, layers=None, parts=spec.get("parts"),
+                      out_dir=run_dir, precision=precision, resume="auto", data=data, train=train, eval=eval,
+                      log=log or LogArgs(), optimizer=optimizer, devices=devices, num_nodes=num_nodes,
+                      tokenizer_dir=None, logger_name="csv", seed=seed, compile=compile, overwrite=False,
+                      select=spec.get("select", "first"), analysis=analysis)
+        if not (run_dir / "final" / "lit_model.pth").is_file():
+            print(f"Arm {arm}: {spec['what']}")
+            if spec.get("kd"):
+                with distillation(pretrain, reference_dir, kd_temperature, kd_alpha, kd_quantize):
+                    run(**kwargs)
+            else:
+                run(**kwargs)
+        start = val_loss(run_dir / "initial", data, max_seq_length, train.micro_batch_size, eval.max_iters)
+        final = val_loss(run_dir / "final", data, max_seq_length, train.micro_batch_size, eval.max_iters)
+        curve = val_curve(run_dir)
+        best = min(curve, key=lambda p: p[1]) if curve else (None, None)
+        layers = json.loads((run_dir / "initial" / "inheritune.json").read_text())["layers"]
+        rows.append({"arm": arm, "what": spec["what"], "layers": layers, "parts": spec.get("parts"),
+                     "kd": bool(spec.get("kd")), "start_loss": start, "final_loss": final, "best_loss": best[1],
+                     "best_step": best[0], "curve": curve})
+    tokens_per_step = train.micro_batch_size * max_seq_length
+    tmp = out_dir / ".arms.json.tmp"
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    os.replace(tmp, out_dir / "arms.json")
+    (out_dir / "arms.md").write_text(
+        f"# {n_layers}-block children of {config.name} ({config.n_layer} blocks), same data and budget\n\n"
+        f"Validation loss on the data module's validation set ({eval.max_iters} batches of {train.micro_batch_size} x "
+        f"{max_seq_length} tokens); best = lowest in the run's evaluations every {eval.interval} steps.\n\n"
+        + arms_table(rows) + "\n"
+    )
+    plot_curves(rows, out_dir / "curves.png", f"{n_layers}-block children of {config.name}", tokens_per_step)
+    return rows
+
+
+def setup(
+    reference_dir: Path,
+    n_layers: int | None = None,
+    arms: list[str] = ["inherit", "random"],
+    data: DataModule | None = None,
+    out_dir: Path = Path("out/inheritune_arms"),
+    analysis: Path | None = None,
+    precision: Literal["bf16-true", "bf16-mixed", "32-true", None] = None,
+    train: TrainArgs = TrainArgs(
+        save_interval=None,
+        log_interval=1,
+        global_batch_size=8,
+        micro_batch_size=1,
+        lr_warmup_steps=100,
+        epochs=1,
+        max_seq_length=2048,
+        max_norm=1.0,
+        min_lr=3e-5,
+    ),
+    eval: EvalArgs = EvalArgs(interval=100, max_iters=100),
+    log: LogArgs = LogArgs(),
+    optimizer: str | dict = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4, "weight_decay": 0.01}},
+    kd_temperature: float = 2.0,
+    kd_alpha: float = 0.5,
+    kd_quantize: Literal["bnb.nf4", "bnb.int8", None] = None,
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    seed: int = 42,
+    compile: bool = True,
+) -> None:
+    """Train Inheritune's child next to baselines and ablations of the same shape, data and budget; compare them.
+
+    Arms: ``inherit`` (the method), ``random`` (random init), ``even`` / ``block_influence`` / ``angular_distance``
+    (other block choices; the last two read ``analysis``), ``attention_norms`` / ``mlp_norms`` / ``no_norms`` (the
+    paper's component ablations), ``kd`` / ``kd_random`` (logit distillation from the reference, with the inherited
+    or a random start). Writes ``out_dir/arms.md``, ``arms.json`` and ``curves.png``; each arm's run is in
+    ``out_dir/<arm>``. Rerunning skips finished arms and resumes unfinished ones.
+
+    Arguments:
+        reference_dir: LitGPT checkpoint dir of the reference model.
+        n_layers: Blocks of every child.
+        arms: The arms to run, in order.
+        data: A LitGPT data module with a validation set (the same for every arm).
+        out_dir: Directory for the arms' runs and the comparison.
+        analysis: ``analysis.json`` from `litgpt inheritune_analyze` (for block_influence / angular_distance).
+        precision: The precision to train in.
+        train: Training arguments as for `litgpt inheritune` (``epochs`` or ``max_tokens`` set the shared budget).
+        eval: Evaluation arguments; evaluations every ``eval.interval`` steps draw the curves.
+        log: Logging arguments, as for `litgpt pretrain`.
+        optimizer: An optimizer name or config.
+        kd_temperature: Softmax temperature of the distillation loss.
+        kd_alpha: Weight of the cross-entropy on the data; 1 - alpha weighs the KL to the teacher.
+        kd_quantize: Load the teacher in 4-bit (``bnb.nf4``) or 8-bit (``bnb.int8``) with bitsandbytes (CUDA only).
+        devices: How many devices/GPUs to use.
+        num_nodes: How many nodes the code is being run on.
+        seed: The random seed of every arm.
+        compile: Compile the model with ``torch.compile`` as `litgpt pretrain` does.
+    """
+    arguments = dict(locals())
+    if arguments["n_layers"] is None:
+        raise SystemExit("error: --n_layers is required: the depth of every arm's child")
+    try:
+        rows = run_arms(**arguments)
+    except InherituneError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(arms_table(rows))
