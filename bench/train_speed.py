@@ -36,6 +36,7 @@ import time
 import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -283,6 +284,112 @@ def run_one(spec: str, args, config: Config) -> dict:
     return row
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Memory estimate without a GPU
+
+
+class _AdamW8bitStandIn(torch.optim.Optimizer):
+    """Memory stand-in for bitsandbytes' AdamW8bit, which runs on CUDA only: two uint8 states per value and a
+    float32 absmax per 256-value block of each for tensors of 4096 values or more (bnb's layout), float32 states
+    for smaller ones. Its update is a plain in-place step: it has no temporaries, like bnb's fused kernel."""
+
+    def __init__(self, params, lr: float = 3e-4, **kwargs) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    big = p.numel() >= 4096
+                    dtype = torch.uint8 if big else torch.float32
+                    state["state1"] = torch.zeros_like(p, dtype=dtype)
+                    state["state2"] = torch.zeros_like(p, dtype=dtype)
+                    if big:
+                        blocks = math.ceil(p.numel() / 256)
+                        state["absmax1"] = torch.zeros(blocks, dtype=torch.float32, device=p.device)
+                        state["absmax2"] = torch.zeros(blocks, dtype=torch.float32, device=p.device)
+                p.add_(p.grad, alpha=-group["lr"])
+
+
+def estimate_memory(spec: str, args, config: Config) -> dict:
+    """Peak memory of LitGPT's training iteration for a run spec, tracked on fake tensors (no memory, no GPU):
+    two optimizer steps of forward (autocast for bf16-mixed), loss, backward, gradient clipping, optimizer step
+    and ``zero_grad``, in eager mode (``torch.compile`` usually saves fewer activations), on the CPU's kernels."""
+    import warnings
+
+    from litgpt.model import GPT
+    from litgpt.utils import chunked_cross_entropy
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    name, options, ov = parse_spec(spec)
+    options = options or ()
+    mb = int(ov.get("mb", args.micro_batch))
+    precision = ov.get("precision", args.precision)
+    gbs = args.global_batch or args.micro_batch
+    accum = gbs // mb
+    row: dict = {"run": name, "micro_batch": mb, "global_batch": gbs, "precision": precision,
+                 "optimizer": "AdamW8bit (stand-in)" if ov.get("optimizer") == "adamw8bit" else "AdamW (fused)"}
+    with warnings.catch_warnings(), FakeTensorMode(), ExitStack() as stack:
+        warnings.simplefilter("ignore")
+        if "checkpoint" in options:
+            stack.enter_context(speed.checkpoint_blocks())
+        default_dtype = torch.get_default_dtype()
+        if precision == "bf16-true":  # as Fabric's init_module does for bf16-true
+            torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = GPT(config)
+        finally:
+            torch.set_default_dtype(default_dtype)
+        model.max_seq_length = args.seq
+        if ov.get("optimizer") == "adamw8bit":
+            optimizer = _AdamW8bitStandIn(model.parameters())
+        else:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
+        loss_fn = chunked_cross_entropy
+        if "fused_ce" in options:
+            model.lm_head.__class__ = speed._HiddenStatesHead
+            loss_fn = partial(speed.fused_loss, head=model.lm_head, stock=chunked_cross_entropy)
+        batch = torch.randint(0, config.vocab_size, (mb, args.seq + 1))
+        tracker = MemTracker()
+        tracker.track_external(model, optimizer)
+        with tracker:
+            for step in range(2):
+                for micro in range(accum):
+                    if step or micro:  # the tracker takes one forward per module between resets
+                        tracker.reset_mod_stats()
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+                        output = model(batch[:, :-1])
+                    loss = loss_fn(output, batch[:, 1:])
+                    (loss / accum).backward()
+                    del output, loss
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+                optimizer.step()
+                optimizer.zero_grad()
+        peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
+    for kind, value in peak.items():
+        row[str(kind).rsplit(".", 1)[-1].lower() + "_gib"] = value / 2**30
+    return row
+
+
+def memory_table(rows: list[dict]) -> str:
+    lines = [
+        "| run | mb | precision | optimizer | params | grads | optimizer states | activations | temporaries |"
+        " peak total GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [r["run"], str(r["micro_batch"]), r["precision"], r["optimizer"]]
+        cells += [f"{r.get(k, 0.0):.2f}" for k in ("param_gib", "grad_gib", "opt_gib", "act_gib", "temp_gib")]
+        cells.append(f"**{r.get('total_gib', 0.0):.2f}**")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["run"] == "stock" and "tokens_per_s" in r), None)
     lines = [
@@ -330,6 +437,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "does (auto: on CUDA only)")
     p.add_argument("--peak_tflops", type=float, default=None, help="bf16 peak for MFU (default: from device name)")
     p.add_argument("--profile", type=int, default=0, help="print a kernel-time table of this many warm-up steps")
+    p.add_argument("--estimate_memory", action="store_true", help="no training: estimate each run's peak memory "
+                   "on fake tensors (CPU, no GPU needed, eager)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", type=Path, default=None, help="append each run's result as a JSON line here")
     args = p.parse_args(argv)
@@ -362,6 +471,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "params": _params(config), "peak_tflops": (args.peak or 0) / 1e12, "command": " ".join(sys.argv),
     }
     print(json.dumps(header), flush=True)
+    if args.estimate_memory:
+        rows = []
+        for spec in specs:
+            row = estimate_memory(spec, args, config)
+            rows.append(row)
+            print(f"=== estimate {json.dumps(row)}", flush=True)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+        print(f"\nEstimated peak memory (fake tensors, eager), {args.model} with {config.n_layer} blocks "
+              f"({header['params'] / 1e9:.2f}B params), seq {args.seq}\n")
+        print(memory_table(rows), flush=True)
+        return rows
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as f:

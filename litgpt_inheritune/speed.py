@@ -239,18 +239,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _chunk_loss_grad(logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, ignore_index: int):
-    """One chunk: summed loss (float32) and d(loss * scale)/d(logits) in the logits' dtype."""
+    """One chunk: summed loss and d(loss * scale)/d(logits) in the logits' dtype. Works in place on one float copy
+    of the chunk's logits (``logits`` is a temporary of the caller's, and may be that copy)."""
     f = logits.to(scale.dtype)
     valid = targets != ignore_index
     safe = torch.where(valid, targets, torch.zeros_like(targets))
     lse = torch.logsumexp(f, dim=-1)
     picked = f.gather(1, safe[:, None]).squeeze(1)
     loss_sum = torch.where(valid, lse - picked, torch.zeros_like(lse)).sum()
-    probs = torch.exp(f - lse[:, None])
-    onehot = torch.nn.functional.one_hot(safe, f.shape[-1]).to(probs.dtype)
-    row_scale = torch.where(valid, scale, torch.zeros_like(scale))
-    grad = ((probs - onehot) * row_scale[:, None]).to(logits.dtype)
-    return loss_sum, grad
+    row_scale = torch.where(valid, scale, torch.zeros_like(scale))[:, None]
+    grad = f.sub_(lse[:, None]).exp_().mul_(row_scale)  # softmax x scale
+    grad.scatter_add_(1, safe[:, None], -row_scale)  # minus the target's one-hot
+    return loss_sum, grad.to(logits.dtype)
 
 
 def _chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:

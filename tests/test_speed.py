@@ -213,3 +213,21 @@ def test_bench_run_specs():
     assert bench.parse_spec("stock#2") == ("stock#2", None, {})
     with pytest.raises(SystemExit, match="bad run spec"):
         bench.parse_spec("fused_ce@lr=1")
+
+
+def test_bench_memory_estimate_runs_without_a_gpu(tmp_path):
+    import json
+
+    out = tmp_path / "mem.jsonl"
+    cmd = [
+        sys.executable, str(ROOT / "bench" / "train_speed.py"), "--device", "cpu", "--tiny", "--estimate_memory",
+        "--precision", "bf16-mixed", "--runs", "stock,fused_ce+checkpoint@optimizer=adamw8bit", "--out", str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| stock | 4 | bf16-mixed | AdamW (fused) |" in proc.stdout
+    stock, lean = (json.loads(line) for line in out.read_text().splitlines() if '"run"' in line)
+    assert stock["param_gib"] == pytest.approx(lean["param_gib"])
+    # AdamW's two float32 states per value against two uint8 states (plus block scales) of bitsandbytes' 8-bit AdamW
+    assert lean["opt_gib"] < 0.3 * stock["opt_gib"]
+    assert 0 < lean["total_gib"] < stock["total_gib"]
