@@ -3,16 +3,16 @@
 The output dir gets ``train/`` and ``val/`` (read them with ``--data LitData --data.data_path OUT
 --data.split_names '[train, val]'``) and ``summary.json``; with ``--split_by_domain true`` it gets
 ``train/<domain>/`` and ``val/<domain>/`` instead. Tokens are spilled to temporary files on disk, never held in
-memory; memory grows only with the number of documents (a few dozen bytes each).
+memory; memory grows only with the number of tokenized documents (a couple of hundred bytes each).
 
 How the work is done (none of it changes which documents are chosen, so the shards are the same bytes whatever
 ``num_workers`` is):
 
 - The corpus is split into units (files, .arrow files of a saved dataset, litdata dirs); workers read and tokenize
   whole units, each into its own spill file.
-- With a token budget (``--tokens``) and budgets fixed in advance, a first pass only counts characters per document
-  and picks a key threshold that should hold the budget with a margin (6 characters per token assumed); only
-  documents below it are tokenized. The selection is then made among them exactly as among all documents: the
+- With a token budget (``--tokens``) and budgets fixed in advance, a first pass only counts characters, summed per
+  1/65536 of the key range and per domain (no memory per document), and picks a key threshold that should hold the
+  budget with a margin (6 characters per token assumed); only documents below it are tokenized. The selection is then made among them exactly as among all documents: the
   chosen documents are a key-prefix of the corpus, so if the prefix holds the budget the result is the same. If it
   does not (a corpus of unusually long tokens), the threshold is raised with the measured ratio and the missing
   documents tokenized in another pass, up to the whole corpus.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from array import array
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ from litgpt_inheritune.errors import InherituneError
 
 CHARS_PER_TOKEN = 6.0  # assumed by the first threshold: more than BPE tokenizers give on prose (about 4), so safe
 MARGIN = 1.25  # on the measured ratio when a pass fell short
+BUCKETS = 2**16  # the counting pass sums characters per 1/65536 of the key range, per domain: no per-document memory
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -93,25 +95,29 @@ def _documents(unit_index: int):
 
 
 def _scan_unit(unit_index: int) -> dict:
-    """Keys, characters and domains of a unit's documents (no tokenizing)."""
+    """Characters per key bucket and domain of a unit's documents (no tokenizing, nothing kept per document)."""
     import numpy as np
 
     from litgpt_inheritune.subset import UnreadableError, document_key
 
-    keys, chars, domains = [], [], []
+    buckets, chars, domains = array("q"), array("d"), []  # 8 bytes a document (and a shared domain name)
     try:
         for doc in _documents(unit_index):
-            keys.append(document_key(_JOB.seed, doc.source, doc.index))
+            buckets.append(int(document_key(_JOB.seed, doc.source, doc.index) * BUCKETS))
             chars.append(len(doc.text))
             domains.append(doc.domain)
     except UnreadableError as exc:
         if not _JOB.skip_unreadable:
             raise
         return {"unit": unit_index, "skipped": exc}
-    names = sorted(set(domains))
-    codes = {name: i for i, name in enumerate(names)}
-    return {"unit": unit_index, "keys": np.array(keys, dtype=np.float64), "chars": np.array(chars, dtype=np.int64),
-            "domains": names, "codes": np.array([codes[d] for d in domains], dtype=np.int32)}
+    buckets, chars = np.frombuffer(buckets, dtype=np.int64), np.frombuffer(chars, dtype=np.float64)
+    histograms = {}
+    for name in sorted(set(domains)):
+        mine = np.array([d == name for d in domains])
+        used, where = np.unique(buckets[mine], return_inverse=True)
+        histograms[name] = (used, np.bincount(where, weights=chars[mine]))
+    return {"unit": unit_index, "documents": len(domains), "histograms": histograms,
+            "first": int(buckets.min()) if len(buckets) else BUCKETS}
 
 
 def _tokenize_unit(task: tuple[int, float, float]) -> dict:
@@ -166,7 +172,7 @@ def _map(fn, items: list, num_workers: int, desc: str, progress: bool):
     try:
         try:
             for result in results:
-                documents += result.get("documents", len(result.get("keys", ())))
+                documents += result.get("documents", 0)
                 bar.set_postfix(documents=documents, refresh=False)
                 bar.update()
                 yield result
@@ -279,19 +285,24 @@ def _choose(candidates: list, budget: int, val_tokens: int, shares: dict[str, fl
     return result
 
 
-def _threshold(scan: dict, needs: list[tuple[str | None, int]], chars_per_token: float, floor: float) -> float:
-    """The smallest key threshold whose documents should hold every ``(domain or None, tokens)`` need."""
+def _threshold(histograms: dict, needs: list[tuple[str | None, int]], chars_per_token: float, floor: float) -> float:
+    """The smallest bucket edge below which the documents should hold every ``(domain or None, tokens)`` need."""
     import numpy as np
 
+    if not histograms:  # nothing readable was counted
+        return 1.0
     threshold = floor
     for domain, need in needs:
-        mask = np.ones(len(scan["keys"]), dtype=bool) if domain is None else scan["domains"] == domain
-        keys, chars = scan["keys"][mask], scan["chars"][mask]
-        order = np.argsort(keys, kind="stable")
-        reach = np.searchsorted(np.cumsum(chars[order]), need * chars_per_token)
-        if reach >= len(keys):
+        if domain is None:
+            histogram = sum(histograms.values())
+        elif domain in histograms:
+            histogram = histograms[domain]
+        else:
             return 1.0
-        threshold = max(threshold, float(np.nextafter(keys[order][reach], 2.0)))
+        reach = int(np.searchsorted(np.cumsum(histogram), need * chars_per_token))
+        if reach >= BUCKETS:
+            return 1.0
+        threshold = max(threshold, (reach + 1) / BUCKETS)
     return min(1.0, threshold)
 
 
@@ -378,26 +389,22 @@ def build_subset(
                 return True
             return False
 
-        # Pass 0 (a token budget fixed in advance only): keys and characters of every document, no tokenizer.
-        scan, corpus_documents = None, None
+        # Pass 0 (a token budget fixed in advance only): characters of every document by key bucket and domain.
+        histograms, first_bucket, corpus_documents = None, {}, None
         if candidate_pass and tokens is not None and not natural:
-            parts = [r for r in _map(_scan_unit, list(range(len(units))), num_workers, "counting", progress)
-                     if not skip(r)]
-            scan = {
-                "unit": np.concatenate([np.full(len(r["keys"]), r["unit"]) for r in parts] or [np.zeros(0, int)]),
-                "keys": np.concatenate([r["keys"] for r in parts] or [np.zeros(0)]),
-                "chars": np.concatenate([r["chars"] for r in parts] or [np.zeros(0, np.int64)]),
-                "domains": np.concatenate(
-                    [np.array(r["domains"] or [""], dtype=object)[r["codes"]] for r in parts] or [np.zeros(0, object)]
-                ),
-            }
-            corpus_documents = len(scan["keys"])
-            found = set(scan["domains"].tolist())
+            histograms, corpus_documents = {}, 0
+            for result in _map(_scan_unit, list(range(len(units))), num_workers, "counting", progress):
+                if skip(result):
+                    continue
+                corpus_documents += result["documents"]
+                first_bucket[result["unit"]] = result["first"]
+                for name, (used, sums) in result["histograms"].items():
+                    histograms.setdefault(name, np.zeros(BUCKETS))[used] += sums
             if domain_weights is not None:  # checked now, before any tokenizing
-                missing = sorted(d for d, w in domain_weights.items() if w > 0 and d not in found)
+                missing = sorted(d for d, w in domain_weights.items() if w > 0 and d not in histograms)
                 if missing:
                     raise InherituneError(f"no documents of domain(s) {missing} in the corpus (it has "
-                                          f"{sorted(found)[:10]}); check the domain names")
+                                          f"{sorted(histograms)[:10]}); check the domain names")
                 if split_by_domain:
                     domain_dirs(d for d, w in domain_weights.items() if w > 0)
             if domain_weights is None:
@@ -406,7 +413,7 @@ def build_subset(
                 budgets = {d: round(w * tokens) for d, w in domain_weights.items() if w > 0}
                 needs = ([] if split_by_domain else [(None, val_tokens)]) + [
                     (d, b + val_tokens) for d, b in budgets.items()]
-            hi = _threshold(scan, needs, CHARS_PER_TOKEN, 0.0)
+            hi = _threshold(histograms, needs, CHARS_PER_TOKEN, 0.0)
         else:
             hi = 1.0
 
@@ -415,10 +422,8 @@ def build_subset(
         while True:
             passes += 1
             todo = [i for i in range(len(units)) if i not in skipped]
-            if scan is not None and hi < 1.0:  # only units with documents in [lo, hi)
-                inside = (scan["keys"] >= lo) & (scan["keys"] < hi)
-                wanted = set(np.unique(scan["unit"][inside]).tolist())
-                todo = [i for i in todo if i in wanted]
+            if histograms is not None and hi < 1.0:  # not the units whose documents all lie above the threshold
+                todo = [i for i in todo if first_bucket[i] < hi * BUCKETS]
             counted = 0
             for result in _map(_tokenize_unit, [(i, lo, hi) for i in todo], num_workers,
                                f"tokenizing (pass {passes})", progress):
@@ -460,9 +465,9 @@ def build_subset(
                     raise
             # The key-prefix tokenized so far fell short: raise the threshold with the ratio measured on it.
             seen_tokens = sum(c.n_tokens for c in candidates)
-            seen_chars = int(scan["chars"][(scan["keys"] < hi)].sum())
+            seen_chars = float(sum(histograms.values())[: round(hi * BUCKETS)].sum())
             ratio = max(CHARS_PER_TOKEN, MARGIN * seen_chars / max(1, seen_tokens))
-            lo, hi = hi, max(_threshold(scan, needs, ratio, hi), min(1.0, 2 * hi))
+            lo, hi = hi, max(_threshold(histograms, needs, ratio, hi), min(1.0, 2 * hi))
 
         if skipped:
             listed = [skipped[i].short() for i in sorted(skipped)]
