@@ -150,6 +150,9 @@ def run_arms(
                      "kd": bool(spec.get("kd")), "start_loss": start, "final_loss": final, "best_loss": best[1],
                      "best_step": best[0], "curve": curve})
     tokens_per_step = train.micro_batch_size * max_seq_length
+    if (out_dir / "arms.json").is_file():  # arms of earlier calls stay in the comparison
+        ran = {r["arm"] for r in rows}
+        rows = [r for r in json.loads((out_dir / "arms.json").read_text()) if r["arm"] not in ran] + rows
     tmp = out_dir / ".arms.json.tmp"
     tmp.write_text(json.dumps(rows, indent=1) + "\n")
     os.replace(tmp, out_dir / "arms.json")

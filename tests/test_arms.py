@@ -71,3 +71,4 @@ def test_arms_share_data_and_budget_and_differ_only_in_start_and_loss(tmp_path, 
     before = (out / "random" / "final" / "lit_model.pth").stat().st_mtime_ns
     run_arms(**{**arguments, "arms": ["random"]})
     assert (out / "random" / "final" / "lit_model.pth").stat().st_mtime_ns == before
+    assert all(f"| {arm} |" in (out / "arms.md").read_text() for arm in rows)  # earlier arms stay in the table

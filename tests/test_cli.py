@@ -156,7 +156,12 @@ def test_inheritune_from_yaml_trains_and_records_its_arguments(tmp_path, tiny_re
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "config_hub").glob("*.yaml")), ids=lambda p: p.name)
 def test_config_hub_yaml_parses_with_the_real_cli(path):
-    printed = yaml.safe_load(litgpt("inheritune", "--config", str(path), "--print_config").stdout)
+    import re
+
+    # A config names its command in its first line, e.g. "# `litgpt inheritune_arms --config ...`".
+    named = re.search(r"litgpt (inheritune\w*)", path.read_text().splitlines()[0])
+    command = named.group(1) if named else "inheritune"
+    printed = yaml.safe_load(litgpt(command, "--config", str(path), "--print_config").stdout)
     written = yaml.safe_load(path.read_text())
     for key, value in written.items():
         if not isinstance(value, dict):
