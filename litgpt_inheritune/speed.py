@@ -79,8 +79,17 @@ def parse(options: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 @contextmanager
-def apply(options: str | Iterable[str] | None = DEFAULT_OPTIONS, fused_ce_chunk: int = FUSED_CE_CHUNK) -> Iterator[None]:
-    """Turns the named options on for the ``litgpt.pretrain.setup`` call made inside the ``with`` block."""
+def apply(
+    options: str | Iterable[str] | None = DEFAULT_OPTIONS, fused_ce_chunk: int = FUSED_CE_CHUNK
+) -> Iterator[None]:
+    """Turns the named options on for the ``litgpt.pretrain.setup`` call made inside the ``with`` block::
+
+        with speed.apply("fused_ce,checkpoint"):
+            pretrain.setup(...)
+
+    ``options``: names, a comma-separated string, ``"default"`` (:data:`DEFAULT_OPTIONS`), ``"all"`` or ``"none"``.
+    Raises ``InherituneError`` (one line) for an unknown name. Everything is undone when the block exits.
+    """
     names = parse(options)
     if fused_ce_chunk < 1:
         raise InherituneError(f"fused_ce_chunk must be a positive number of tokens, got {fused_ce_chunk}")
@@ -268,9 +277,12 @@ def _kernel(name: str, fn, device: torch.device):
     """The chunk function, compiled on CUDA into one or two fused kernels (eager elsewhere)."""
     if device.type != "cuda":
         return fn
-    if name not in _compiled:
-        _compiled[name] = torch.compile(fn, dynamic=True)
-    return _compiled[name]
+    if name in _compiled:
+        return _compiled[name]
+    compiled = torch.compile(fn, dynamic=True)
+    if compiled is not fn:  # not cached while torch.compile is patched away (``--compile false`` runs)
+        _compiled[name] = compiled
+    return compiled
 
 
 def _chunks(hidden, w, targets, ignore_index, chunk, need_grad, want_weight_grad=True):

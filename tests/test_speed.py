@@ -13,12 +13,15 @@ from litgpt_inheritune.errors import InherituneError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tiny_gpt(tie: bool = False):
+FAMILIES = ["open_llama_3b", "pythia-14m", "phi-2", "Qwen2.5-0.5B"]  # llama; neox; neox with a head bias; qwen
+
+
+def _tiny_gpt(tie: bool = False, family: str = "open_llama_3b"):
     from litgpt import GPT, Config
 
     config = Config.from_name(
-        "open_llama_3b", n_layer=2, n_embd=32, n_head=4, n_query_groups=2, intermediate_size=64,
-        vocab_size=100, padded_vocab_size=128, block_size=16,
+        family, n_layer=2, n_embd=32, n_head=4, n_query_groups=2, intermediate_size=64,
+        vocab_size=100, padded_vocab_size=128, block_size=16, rotary_percentage=1.0,
     )
     torch.manual_seed(0)
     model = GPT(config)
@@ -51,19 +54,19 @@ def test_linear_cross_entropy_matches_cross_entropy_in_float64(chunk):
         assert torch.allclose(speed.linear_cross_entropy(hidden, weight, targets, chunk=chunk), ref)
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_fused_head_gives_the_stock_loss_and_gradients_of_every_parameter(tie):
+@pytest.mark.parametrize("tie, family", [(False, f) for f in FAMILIES] + [(True, "open_llama_3b")])
+def test_fused_head_gives_the_stock_loss_and_gradients_of_every_parameter(tie, family):
     from litgpt.utils import chunked_cross_entropy
 
     x = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(2))
 
-    model = _tiny_gpt(tie)
+    model = _tiny_gpt(tie, family)
     stock_loss = chunked_cross_entropy(model(x), y)
     stock_loss.backward()
     stock = _grads(model)
 
-    model = _tiny_gpt(tie)
+    model = _tiny_gpt(tie, family)
     model.lm_head.__class__ = speed._HiddenStatesHead
     hidden = model(x)
     assert hidden.shape == (2, 16, 32)  # the model now returns hidden states, not logits
@@ -95,16 +98,17 @@ def test_fused_loss_passes_logits_it_does_not_own_to_the_stock_loss():
     assert seen == [torch.Size([2, 16, 128])]
 
 
-def test_activation_checkpointing_gives_equal_gradients_and_is_undone():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_activation_checkpointing_gives_equal_gradients_and_is_undone(family):
     from litgpt.model import Block
 
     x = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(3))
-    model = _tiny_gpt()
+    model = _tiny_gpt(family=family)
     model(x).float().pow(2).mean().backward()
     stock = _grads(model)
 
     stock_forward = Block.forward
-    model = _tiny_gpt()
+    model = _tiny_gpt(family=family)
     with speed.checkpoint_blocks():
         assert Block.forward is not stock_forward
         model(x).float().pow(2).mean().backward()
