@@ -227,3 +227,32 @@ def test_reference_losses_are_measured_when_not_given(tiny_reference, text_mixtu
     assert recorded["reference_losses"] == pytest.approx(measure_reference_losses(tiny_reference, again, 2, 32))
     first = history(out)[0]
     assert first["weights"] != pytest.approx(again.initial_weights())  # they drove an update
+
+
+def test_inheritune_data_split_by_domain_feeds_the_mixture(tiny_reference, tmp_path):
+    """`litgpt inheritune_data --split_by_domain true` on a RedPajama-v1-style corpus, then DBL training on it."""
+    import inspect
+    import json as json_module
+
+    from pydoc_data.topics import topics
+
+    from litgpt_inheritune.data_subset import build_subset
+
+    code = [piece for module in (json_module.decoder, json_module.encoder, os.path, inspect)
+            for piece in inspect.getsource(module).split("\n\n\n") if len(piece) > 200]
+    records = [{"text": topics[name], "meta": {"redpajama_set_name": "RedPajamaWikipedia"}} for name in sorted(topics)[:60]]
+    records += [{"text": piece, "meta": {"redpajama_set_name": "RedPajamaGithub"}} for piece in code[:60]]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    data_dir = tmp_path / "subset"
+    summary = build_subset(corpus, tiny_reference, data_dir, tokens=20_000, val_tokens=1_000,
+                           domain_key="meta.redpajama_set_name", split_by_domain=True, num_workers=1, progress=False)
+    assert set(summary["domains"]) == {"RedPajamaWikipedia", "RedPajamaGithub"}
+    data = DomainMixture(data_dir)
+    assert data.domains() == ["RedPajamaGithub", "RedPajamaWikipedia"]
+    out = tmp_path / "run"
+    train_mixture(tiny_reference, data_dir, out, max_tokens=4 * 2 * 32, dynamic=True)
+    rows = history(out)
+    assert rows and all(set(r["weights"]) == set(data.domains()) for r in rows)
+    assert all(sum(r["weights"].values()) == pytest.approx(1.0) for r in rows)
