@@ -275,6 +275,7 @@ def run_one(spec: str, args, config: Config) -> dict:
         row["model_tflops"] = row["tokens_per_s"] * row["flops_per_token"] / 1e12
         if args.peak:
             row["mfu"] = row["model_tflops"] * 1e12 / args.peak
+    losses = losses[: len(losses) // accum * accum]  # a failed run may stop inside an accumulation
     step_losses = [float(x) for x in torch.stack(losses).view(-1, accum).mean(1).cpu()] if losses else []
     row["loss"] = step_losses
     torch._dynamo.reset()
