@@ -48,7 +48,6 @@ BUCKETS = 2**16  # the counting pass sums characters per 1/65536 of the key rang
 @dataclass(frozen=True)
 class _Job:
     units: list
-    tokenizer_dir: str
     seed: int
     text_key: str
     domain_key: str | None
@@ -367,19 +366,19 @@ def build_subset(
     if num_workers < 1:
         raise InherituneError(f"--num_workers must be at least 1, got {num_workers}")
     units = corpus_units(corpus, layout, split)  # fails early on a missing or empty corpus
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    natural = domain_weights is None and (stratify or split_by_domain)  # needs every document's tokens
     from litgpt import Tokenizer
 
     try:
         tokenizer = Tokenizer(tokenizer_dir)
     except Exception as exc:
         raise InherituneError(f"cannot load the tokenizer in {str(tokenizer_dir)!r}: {exc}") from None
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    natural = domain_weights is None and (stratify or split_by_domain)  # needs every document's tokens
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="inheritune-data-") as tmp, _job(
-        _Job(units, str(tokenizer_dir), seed, text_key, domain_key, skip_unreadable, tmp), tokenizer
+        _Job(units, seed, text_key, domain_key, skip_unreadable, tmp), tokenizer
     ):
         skipped: dict[int, Any] = {}
 
@@ -482,6 +481,7 @@ def build_subset(
             "stratify": "weights" if domain_weights is not None else "natural" if natural else None,
             "skipped_files": [skipped[i].short() for i in sorted(skipped)],
         }
+        dirs = domain_dirs(chosen) if split_by_domain else {}  # a name collision stops before anything is written
         with atomic_dir(out_dir, overwrite=overwrite) as staging:
             if not split_by_domain:
                 train, val = chosen["train"], chosen["val"]
@@ -489,7 +489,6 @@ def build_subset(
                 if val:
                     _write_split(spills, val, offsets, staging / "val", chunk_bytes)
             else:
-                dirs = domain_dirs(chosen)
                 summary["domains"] = {}
                 train, val = [], []
                 for domain in sorted(chosen):
