@@ -26,7 +26,8 @@ def build(corpus, reference, out, **kwargs):
     from litgpt_inheritune.data_subset import build_subset
 
     kwargs.setdefault("val_tokens", 300)
-    return build_subset(corpus, reference, out, progress=False, num_workers=1, **kwargs)
+    kwargs.setdefault("num_workers", 1)
+    return build_subset(corpus, reference, out, progress=False, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- saved HF datasets
@@ -62,7 +63,8 @@ def _optimize(fn, inputs, out, **kwargs):
                  **kwargs)
 
 
-def test_litdata_dir_of_text_is_read_and_of_token_ids_is_refused(tmp_path):
+def test_litdata_dir_of_text_is_read_and_of_token_ids_is_refused(tmp_path, tiny_reference):
+    import datasets
     import torch
     from litdata.streaming import TokensLoader
 
@@ -71,6 +73,11 @@ def test_litdata_dir_of_text_is_read_and_of_token_ids_is_refused(tmp_path):
     docs = list(iter_documents(tmp_path / "corpus", domain_key="meta.redpajama_set_name"))
     assert [d.text for d in docs] == texts(4) and {d.source for d in docs} == {"text"}
     assert docs[2].index == 2 and docs[0].domain == "RedPajamaBook"
+    # Next to a saved dataset, read by two forked workers.
+    datasets.Dataset.from_dict({"text": texts(6, 4)}).save_to_disk(str(tmp_path / "corpus" / "saved"), num_shards=2)
+    summary = build(tmp_path / "corpus", tiny_reference, tmp_path / "out", tokens=2000, val_tokens=0,
+                    num_workers=2)
+    assert summary["corpus_documents"] == 10 and summary["train"]["tokens"] >= 2000
 
     def ids(i):
         yield torch.arange(10, dtype=torch.int32)
