@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from litgpt_inheritune import analyze, arms, data_subset, grow, init, train
+from litgpt_inheritune import analyze, arms, data_subset, evaluate, grow, init, train
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -48,7 +48,9 @@ def test_stock_command_still_works():
 
 @pytest.mark.parametrize("command, function", [("inheritune", train.setup), ("inheritune_init", init.setup),
                                                ("inheritune_data", data_subset.setup), ("inheritune_analyze", analyze.setup),
-                                               ("inheritune_grow", grow.setup), ("inheritune_arms", arms.setup)])
+                                               ("inheritune_grow", grow.setup), ("inheritune_arms", arms.setup),
+                                               ("inheritune_evaluate", evaluate.setup),
+                                               ("inheritune_collect", evaluate.collect_setup)])
 def test_help_documents_every_argument(command, function):
     out = litgpt(command, "--help").stdout
     for name, parameter in inspect.signature(function).parameters.items():
