@@ -25,6 +25,7 @@ from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
 from litgpt_inheritune.data_mixture import DomainMixture, dbl_hooks, measure_reference_losses
+from litgpt_inheritune import speed
 
 INITIAL = "initial"  # out_dir/initial holds the inherited, untrained child
 
@@ -64,6 +65,7 @@ def setup(
     overwrite: bool = False,
     select: Literal["first", "even", "block_influence", "angular_distance"] = "first",
     analysis: Path | None = None,
+    speed: str = "none",
 ) -> None:
     """Inheritune: give a child the first blocks of a reference model, then pretrain it with LitGPT.
 
@@ -98,6 +100,9 @@ def setup(
         select: How ``n_layers`` blocks are chosen: ``first`` (Inheritune), ``even``, ``block_influence`` or
             ``angular_distance`` (the last two read ``analysis``); recorded in ``out_dir/initial/inheritune.json``.
         analysis: ``analysis.json`` (or its dir) written by `litgpt inheritune_analyze` for this reference.
+        speed: Options around LitGPT's loop (``litgpt_inheritune.speed``), e.g. ``fused_ce,checkpoint``: ``fused_ce``
+            (chunked LM head + cross-entropy, same loss and gradients), ``checkpoint`` (activation checkpointing
+            per block, for small GPUs), ``cudnn_attention``; ``default``, ``all`` or ``none``.
     """
     arguments = dict(locals())
     try:
@@ -120,6 +125,7 @@ def run(**arguments: Any) -> Path:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
     if isinstance(a.data, DomainMixture):
         a.data.check()
+    speed_options = speed.parse(a.speed)
     train: TrainArgs = a.train
     if train.epochs is not None and train.max_tokens is not None:
         raise InherituneError("give --train.epochs or --train.max_tokens, not both (set the other to null)")
@@ -199,6 +205,7 @@ def run(**arguments: Any) -> Path:
         if not a.compile:
             stack.enter_context(mock.patch("torch.compile", lambda model, *args, **kwargs: model))
         stack.enter_context(dbl_hooks(pretrain, out_dir))  # per-domain validation of a DomainMixture
+        stack.enter_context(speed.apply(speed_options))
         pretrain.setup(
             model_name=child.name,
             model_config=child,
@@ -222,7 +229,8 @@ def run(**arguments: Any) -> Path:
 
 class _Args:
     def __init__(self, arguments: dict) -> None:
-        self.select, self.analysis = "first", None  # arguments added later have defaults for direct callers of run
+        # arguments added later have defaults for direct callers of run
+        self.select, self.analysis, self.speed = "first", None, "none"
         self.__dict__.update(arguments)
         self.reference_dir = Path(self.reference_dir)
         if self.tokenizer_dir is not None:

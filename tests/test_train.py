@@ -106,3 +106,21 @@ def test_random_init_arm_shares_nothing_with_reference(tmp_path, tiny_reference,
     child = torch.load(out / "initial" / "lit_model.pth")
     for key in ("transformer.wte.weight", "transformer.h.0.attn.qkv.weight", "transformer.h.1.mlp.fc_2.weight"):
         assert not torch.equal(child[key], ref[key])
+
+
+def test_speed_options_train_the_same_model(tmp_path, tiny_reference, text_dirs):
+    """The fused LM head + loss and activation checkpointing inside `litgpt inheritune` give the stock run's weights."""
+    data = small_text(tmp_path, text_dirs)
+    finals = {}
+    for speed in ("none", "fused_ce,checkpoint"):
+        out = tmp_path / speed.replace(",", "_")
+        setup(tiny_reference, n_layers=2, out_dir=out, data=data, train=train_args(max_tokens=3 * 64),
+              eval=QUIET_EVAL, precision="32-true", devices=1, logger_name="csv", compile=False, speed=speed)
+        finals[speed] = torch.load(out / "final" / "lit_model.pth", weights_only=False)["model"]
+        assert yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())["speed"] == speed
+    for key, value in finals["none"].items():
+        torch.testing.assert_close(finals["fused_ce,checkpoint"][key], value, atol=1e-5, rtol=1e-4)
+    with pytest.raises(SystemExit, match="unknown speed option 'flash'"):
+        setup(tiny_reference, n_layers=2, out_dir=tmp_path / "bad", data=data, train=train_args(max_tokens=64),
+              speed="flash")
+    assert not (tmp_path / "bad").exists()
