@@ -259,7 +259,7 @@ def _choose(candidates: list, budget: int, val_tokens: int, shares: dict[str, fl
 
     Raises ``NotEnoughTokens`` when the candidates (all, or a key-prefix of the corpus) fall short of a budget.
     """
-    from litgpt_inheritune.subset import NotEnoughTokens, select, select_per_domain
+    from litgpt_inheritune.subset import group_by_domain, select, select_per_domain
 
     budgets = None if shares is None else {d: max(1, round(w * budget)) for d, w in shares.items() if w > 0}
     if not split_by_domain:
@@ -268,13 +268,7 @@ def _choose(candidates: list, budget: int, val_tokens: int, shares: dict[str, fl
         rest = [c for c in candidates if (c.source, c.index) not in taken]
         train = select(rest, budget) if budgets is None else select_per_domain(rest, budgets)
         return {"train": train, "val": val}
-    by_domain: dict[str, list] = {d: [] for d in budgets}
-    for c in candidates:
-        if c.domain in by_domain:
-            by_domain[c.domain].append(c)
-    empty = sorted(d for d, found in by_domain.items() if not found)
-    if empty:
-        raise NotEnoughTokens(f"no documents of domain(s) {empty} in the corpus; check the domain names")
+    by_domain = group_by_domain(candidates, budgets)
     result = {}
     for domain, found in by_domain.items():
         val = select(found, val_tokens, f"domain {domain!r} (for --val_tokens)") if val_tokens > 0 else []

@@ -428,14 +428,20 @@ def select(candidates: Iterable[Candidate], budget: int, what: str = "the corpus
     return chosen
 
 
-def select_per_domain(candidates: Iterable[Candidate], budgets: dict[str, int]) -> list[Candidate]:
-    """``select`` within each domain (stratified sampling); the result is in key order across domains."""
-    by_domain: dict[str, list[Candidate]] = {name: [] for name in budgets}
+def group_by_domain(candidates: Iterable[Candidate], names: Iterable[str]) -> dict[str, list[Candidate]]:
+    """The candidates of each named domain (others dropped); an error names the domains without any."""
+    by_domain: dict[str, list[Candidate]] = {name: [] for name in names}
     for candidate in candidates:
         if candidate.domain in by_domain:
             by_domain[candidate.domain].append(candidate)
     empty = sorted(name for name, found in by_domain.items() if not found)
     if empty:
         raise NotEnoughTokens(f"no documents of domain(s) {empty} in the corpus; check the domain names")
+    return by_domain
+
+
+def select_per_domain(candidates: Iterable[Candidate], budgets: dict[str, int]) -> list[Candidate]:
+    """``select`` within each domain (stratified sampling); the result is in key order across domains."""
+    by_domain = group_by_domain(candidates, budgets)
     chosen = [c for name, found in by_domain.items() for c in select(found, budgets[name], f"domain {name!r}")]
     return sorted(chosen, key=lambda c: (c.key, c.source, c.index))

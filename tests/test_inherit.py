@@ -623,7 +623,7 @@ def test_init_setup_end_to_end(tmp_path, reference_dir, kwargs, layers):
 
     out = tmp_path / "child"
     setup(reference_dir, out_dir=out, seed=5, **kwargs)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "lit_model.pth", "model_config.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "inheritune.json", "lit_model.pth", "model_config.yaml"]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
     config = Config.from_file(out / "model_config.yaml")
