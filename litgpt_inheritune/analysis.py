@@ -77,8 +77,9 @@ def attention_probabilities(attn_module, q, k, mask):
     scale = scale * getattr(attn_module, "mscale", 1.0) ** 2
     scores = (q.float() @ k.float().mT) * scale
     if config.attention_logit_softcapping is not None:
-        cap = config.attention_logit_softcapping
-        scores = torch.tanh(scores / cap) * cap
+        from litgpt.model import do_softcapping
+
+        scores = do_softcapping(scores, config.attention_logit_softcapping)
     T, S = scores.shape[-2:]
     if mask is None:
         causal = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(diagonal=S - T)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,11 +91,11 @@ def run_arms(
     data: DataModule | None,
     out_dir: Path,
     arms: list[str],
+    train: TrainArgs,
+    eval: EvalArgs,
+    optimizer: str | dict,
     analysis: Path | None = None,
-    train: TrainArgs | None = None,
-    eval: EvalArgs | None = None,
     log: LogArgs | None = None,
-    optimizer: str | dict | None = None,
     kd_temperature: float = 2.0,
     kd_alpha: float = 0.5,
     kd_quantize: str | None = None,
@@ -109,7 +108,7 @@ def run_arms(
     """``setup`` without the error conversion; returns the table's rows."""
     import litgpt.pretrain as pretrain
 
-    from litgpt_inheritune.checkpoint import load_reference_config
+    from litgpt_inheritune.checkpoint import load_reference_config, write_json
     from litgpt_inheritune.distill import distillation
     from litgpt_inheritune.evaluation import val_loss
     from litgpt_inheritune.train import run
@@ -117,10 +116,6 @@ def run_arms(
     if data is None:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
     check_arms(arms, analysis)
-    train = train or TrainArgs(save_interval=None, log_interval=1, global_batch_size=8, micro_batch_size=1,
-                               lr_warmup_steps=100, epochs=1, max_seq_length=2048, max_norm=1.0, min_lr=3e-5)
-    eval = eval or EvalArgs(interval=100, max_iters=100)
-    optimizer = optimizer or {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4, "weight_decay": 0.01}}
     config = load_reference_config(reference_dir)
     max_seq_length = train.max_seq_length or config.block_size
     out_dir = Path(out_dir)
@@ -153,9 +148,7 @@ def run_arms(
     if (out_dir / "arms.json").is_file():  # arms of earlier calls stay in the comparison
         ran = {r["arm"] for r in rows}
         rows = [r for r in json.loads((out_dir / "arms.json").read_text()) if r["arm"] not in ran] + rows
-    tmp = out_dir / ".arms.json.tmp"
-    tmp.write_text(json.dumps(rows, indent=1) + "\n")
-    os.replace(tmp, out_dir / "arms.json")
+    write_json(out_dir / "arms.json", rows)
     (out_dir / "arms.md").write_text(
         f"# {n_layers}-block children of {config.name} ({config.n_layer} blocks), same data and budget\n\n"
         f"Validation loss on the data module's validation set ({eval.max_iters} batches of {train.micro_batch_size} x "

@@ -167,3 +167,11 @@ def write_checkpoint(directory: Path, config, state_dict: Mapping, reference_dir
         src = Path(reference_dir) / name
         if src.is_file():
             shutil.copy(src, directory / name)
+
+
+def write_json(path: Path, value) -> None:
+    """Writes ``value`` as JSON to ``path`` through a temporary file, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)

@@ -348,33 +348,17 @@ def dbl_hooks(pretrain_module, out_dir: Path):
 
 
 def measure_reference_losses(reference_dir: Path, data: DomainMixture, max_iters: int, max_seq_length: int) -> dict[str, float]:
-    """The reference model's mean loss on each domain's validation data (the first ``max_iters`` batches)."""
-    import torch
-    from litgpt import GPT, Config
-    from litgpt.utils import chunked_cross_entropy
+    """The reference model's mean loss on each domain's validation data (the first ``max_iters`` batches), with
+    `litgpt pretrain`'s own ``validate``."""
+    from litgpt_inheritune.evaluation import loader_loss, validation_model
 
-    from litgpt_inheritune.checkpoint import load_state_dict_lazily
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    config = Config.from_file(Path(reference_dir) / "model_config.yaml")
-    with torch.device(device):
-        model = GPT(config)
-    model.load_state_dict(load_state_dict_lazily(Path(reference_dir) / "lit_model.pth"))
-    model = model.to(dtype=dtype).eval()
-    model.max_seq_length = max_seq_length
+    fabric, model = validation_model(reference_dir, max_seq_length)
     losses = {}
-    with torch.no_grad():
-        for name, loader in data.val_dataloaders().items():
-            values = []
-            for k, batch in enumerate(loader):
-                if k >= max_iters:
-                    break
-                batch = batch.to(device).long()
-                logits = model(batch[:, :max_seq_length])
-                values.append(float(chunked_cross_entropy(logits.float(), batch[:, 1 : max_seq_length + 1])))
-            if not values:
-                raise InherituneError(f"domain {name!r} has no validation batch; give it more --val_tokens")
-            losses[name] = sum(values) / len(values)
-    del model
+    for name, loader in data.val_dataloaders().items():
+        try:
+            losses[name] = loader_loss(fabric, model, loader, max_iters)
+        except RuntimeError as exc:  # LitGPT's validate stacks an empty list when there is no batch
+            if "expects a non-empty" not in str(exc):
+                raise
+            raise InherituneError(f"domain {name!r} has no validation batch; give it more --val_tokens") from None
     return losses

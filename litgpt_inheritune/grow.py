@@ -14,10 +14,9 @@ interruption skips finished rounds and resumes the unfinished one from its last 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from litgpt.args import EvalArgs, LogArgs, TrainArgs
 from litgpt.data import DataModule
@@ -52,12 +51,6 @@ def parse_target(target: str | float) -> str | float:
         raise InherituneError(f"--target must be 'reference' or a loss such as 3.1, got {target!r}") from None
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def rounds_table(rows: list[dict]) -> str:
     lines = ["| round | blocks | steps | tokens | val loss | target | matched |", "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
@@ -71,14 +64,14 @@ def grow(
     data: DataModule,
     out_dir: Path,
     steps: int,
+    train: TrainArgs,
+    eval: EvalArgs,
+    optimizer: str | dict,
     n_layers_start: int | None = None,
     grow_by: int = 2,
     target: str | float = "reference",
     tolerance: float = 0.0,
-    train: TrainArgs | None = None,
-    eval: EvalArgs | None = None,
     log: LogArgs | None = None,
-    optimizer: str | dict | None = None,
     precision: str | None = None,
     devices: int | str = "auto",
     num_nodes: int = 1,
@@ -93,17 +86,12 @@ def grow(
     import shutil
 
     from litgpt_inheritune import train as train_module
-    from litgpt_inheritune.checkpoint import load_reference_config
+    from litgpt_inheritune.checkpoint import load_reference_config, write_json
     from litgpt_inheritune.evaluation import val_loss as measure
 
     train_run = _train_run or train_module.run
     val_loss = _val_loss or measure
     out_dir, reference_dir = Path(out_dir), Path(reference_dir)
-    train = train or TrainArgs(save_interval=1000, log_interval=1, global_batch_size=8, micro_batch_size=1,
-                               lr_warmup_steps=100, max_seq_length=2048, max_norm=1.0, min_lr=3e-5)
-    eval = eval or EvalArgs(interval=1000, max_iters=100)
-    optimizer = optimizer or {"class_path": "torch.optim.AdamW",
-                              "init_args": {"lr": 3e-4, "weight_decay": 0.01, "betas": [0.9, 0.95]}}
     if steps < 1:
         raise InherituneError(f"--steps must be at least 1, got {steps}")
     if data is None:
@@ -128,7 +116,7 @@ def grow(
     elif out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise InherituneError(f"{str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite true")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / SETTINGS, settings)
+    write_json(out_dir / SETTINGS, settings)
     rows: list[dict] = json.loads((out_dir / ROUNDS).read_text()) if (out_dir / ROUNDS).is_file() else []
 
     def loss_of(checkpoint: Path) -> float:
@@ -140,7 +128,7 @@ def grow(
             target_loss = json.loads(cached.read_text())["val_loss"]
         else:
             target_loss = loss_of(reference_dir)
-            _write_json(cached, {"val_loss": target_loss, "checkpoint": str(reference_dir)})
+            write_json(cached, {"val_loss": target_loss, "checkpoint": str(reference_dir)})
         print(f"Reference ({config.n_layer} blocks) validation loss: {target_loss:.4f}")
     else:
         target_loss = target
@@ -163,7 +151,7 @@ def grow(
         loss = loss_of(run_dir / "final")
         rows.append({"n_layers": n, "steps": steps, "tokens": tokens, "val_loss": loss, "target_loss": target_loss,
                      "matched": loss <= target_loss + tolerance, "checkpoint": str(run_dir / "final")})
-        _write_json(out_dir / ROUNDS, rows)
+        write_json(out_dir / ROUNDS, rows)
         (out_dir / "rounds.md").write_text(
             f"# Inheritune growth from {config.name} ({config.n_layer} blocks)\n\nEach round inherits the first n blocks "
             f"of the reference afresh and trains {steps} steps; target: "
