@@ -152,8 +152,13 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
         os.replace(tmp, out_dir)
 
 
-def write_checkpoint(directory: Path, config, state_dict: Mapping, reference_dir: Path, layers: list[int]) -> None:
-    """Writes lit_model.pth, model_config.yaml, the child's config.json and the tokenizer files into ``directory``."""
+def write_checkpoint(
+    directory: Path, config, state_dict: Mapping, reference_dir: Path, layers: list[int], widths: bool = False
+) -> None:
+    """Writes lit_model.pth, model_config.yaml, the child's config.json and the tokenizer files into ``directory``.
+
+    ``widths``: the child's widths differ from the reference's too, so config.json gets its sizes as well.
+    """
     import torch
     from litgpt.utils import save_config
 
@@ -161,6 +166,10 @@ def write_checkpoint(directory: Path, config, state_dict: Mapping, reference_dir
     torch.save(dict(state_dict), directory / "lit_model.pth")
     save_config(config, directory)
     hf = child_hf_config(reference_dir, layers)
+    if widths:
+        from litgpt_inheritune.shape import shaped_hf_config
+
+        hf = shaped_hf_config(hf, config)
     if hf is not None:
         (directory / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     for name in CONFIG_FILES + TOKENIZER_FILES:

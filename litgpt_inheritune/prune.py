@@ -1,0 +1,312 @@
+"""`litgpt inheritune_prune`: Sheared-LLaMA's targeted structured pruning on LitGPT's model and Fabric.
+
+Learns hard-concrete masks (``litgpt_inheritune.masks``) together with the model's weights, under a Lagrangian
+constraint that drives each mask type's expected sparsity to the target's (warmed up linearly; the multipliers
+trained by gradient ascent), then extracts exactly the target shape into a LitGPT checkpoint (``out_dir/final``)
+that `litgpt inheritune out_dir/final --n_layers <depth>` or `litgpt pretrain` trains further.
+
+This is not LitGPT's pretraining loop: the objective (LM loss + Lagrangian), the three parameter groups (weights,
+masks, multipliers with ``maximize``) and the extraction are pruning's own. LitGPT supplies the model, the data
+modules, the loss (``chunked_cross_entropy``), validation (``litgpt.pretrain.validate``), the learning-rate
+schedule (``litgpt.pretrain.get_lr``) and Fabric (FSDP over several devices).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+from litgpt.args import EvalArgs, TrainArgs
+from litgpt.data import DataModule
+
+from litgpt_inheritune.errors import InherituneError
+
+STATE_FILE = "prune_state.pth"  # masks, multipliers, weights, optimizer and step of the latest save
+METRICS_FILE = "metrics.jsonl"
+FINAL = "final"
+
+
+def prune(
+    reference_dir: Path,
+    target: str | dict,
+    data: DataModule | None,
+    out_dir: Path,
+    steps: int,
+    lagrangian_warmup_steps: int | None = None,
+    train: TrainArgs | None = None,
+    eval: EvalArgs | None = None,
+    lr: float = 1e-4,
+    mask_lr: float = 1.0,
+    lambda_lr: float = 1.0,
+    weight_decay: float = 0.0,
+    precision: str | None = None,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    seed: int = 42,
+    resume: bool | Literal["auto"] = "auto",
+    overwrite: bool = False,
+) -> Path:
+    """``setup`` without the error conversion; returns the extracted checkpoint dir."""
+    import shutil
+
+    import lightning as L
+    import torch
+    from litgpt import GPT, Tokenizer
+    from litgpt.model import Block
+    from litgpt.pretrain import get_lr, validate
+    from litgpt.utils import CycleIterator, chunked_cross_entropy
+
+    from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
+                                              load_reference_config, load_state_dict_lazily, write_checkpoint,
+                                              write_json)
+    from litgpt_inheritune.data_mixture import DomainMixture, _domain_losses, unwrap
+    from litgpt_inheritune.init import INHERITANCE_FILE
+    from litgpt_inheritune.masks import PrunableGPT, PruningMasks, check_prunable, extraction
+    from litgpt_inheritune.shape import parameter_count, prune_state_dict, target_sizes
+
+    reference_dir, out_dir = Path(reference_dir), Path(out_dir)
+    if data is None:
+        raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
+    if target is None:
+        raise InherituneError("--target is required: a LitGPT model name or sizes such as '{n_embd: 448, n_head: 6}'")
+    if not isinstance(steps, int) or steps < 1:
+        raise InherituneError(f"--steps must be a positive number of optimizer steps, got {steps}")
+    train = train or TrainArgs()
+    eval = eval or EvalArgs()
+    if train.max_norm is None:
+        raise InherituneError("--train.max_norm is required, e.g. --train.max_norm 1.0")
+    config = load_reference_config(reference_dir)
+    check_prunable(config)
+    sizes = target_sizes(config, target)
+    if not has_tokenizer(reference_dir):
+        raise InherituneError(f"{str(reference_dir)!r} has no tokenizer; the data is encoded with it")
+    warmup = round(0.2 * steps) if lagrangian_warmup_steps is None else lagrangian_warmup_steps
+    state_path = out_dir / STATE_FILE
+    settings = {"reference": str(reference_dir), "target": sizes, "steps": steps, "lagrangian_warmup_steps": warmup,
+                "lr": lr, "mask_lr": mask_lr, "lambda_lr": lambda_lr, "weight_decay": weight_decay, "seed": seed,
+                "train": asdict(train), "data": type(data).__name__}
+    if (out_dir / FINAL / "lit_model.pth").is_file() and not overwrite:
+        raise InherituneError(f"{str(out_dir)!r} holds a finished pruning run; pass --overwrite true or choose another --out_dir")
+    resuming = state_path.is_file() and bool(resume) and not overwrite
+    if resume is True and not state_path.is_file():
+        raise InherituneError(f"--resume true but {str(out_dir)!r} holds no pruning state; drop --resume")
+    if state_path.is_file() and not resuming and not overwrite:
+        raise InherituneError(f"{str(out_dir)!r} holds an interrupted pruning run; pass --resume auto or --overwrite true")
+    if resuming:
+        before = json.loads((out_dir / "prune.json").read_text())
+        if before != json.loads(json.dumps(settings, default=str)):
+            raise InherituneError(f"{str(out_dir)!r} was started with other settings (see prune.json); resume with those")
+    state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
+    check_weights_match_config(config, state_dict, reference_dir / "lit_model.pth")
+
+    strategy = "auto"
+    if devices not in (1, "1") or num_nodes > 1:
+        from lightning.fabric.strategies import FSDPStrategy
+
+        strategy = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", sharding_strategy="HYBRID_SHARD")
+    fabric = L.Fabric(devices=devices, num_nodes=num_nodes, strategy=strategy, precision=precision)
+    fabric.launch()
+    fabric.seed_everything(seed)
+    if fabric.global_rank == 0:
+        if overwrite and out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "prune.json", json.loads(json.dumps(settings, default=str)))
+    fabric.barrier()
+
+    seq = train.max_seq_length or config.block_size
+    accumulate = train.gradient_accumulation_iters(fabric.world_size)
+    data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size, max_seq_length=seq)
+    with fabric.rank_zero_first():
+        data.prepare_data()
+    data.setup()
+    train_loader, val_loader = fabric.setup_dataloaders(data.train_dataloader(), data.val_dataloader())
+
+    model = GPT(config)
+    model.load_state_dict(state_dict)
+    del state_dict
+    model.max_seq_length = seq
+    model = PrunableGPT(model, sizes)
+    model = fabric.setup(model)
+    weights = [p for n, p in model.named_parameters() if ".masks." not in f".{n}"]
+    gates = [p for n, p in model.named_parameters() if ".masks.gates." in f".{n}"]
+    lambdas = [p for n, p in model.named_parameters() if ".masks.lambdas." in f".{n}"]
+    optimizer = torch.optim.AdamW(
+        [{"params": weights, "lr": lr, "weight_decay": weight_decay},
+         {"params": gates, "lr": mask_lr, "weight_decay": 0.0},
+         {"params": lambdas, "lr": lambda_lr, "weight_decay": 0.0, "maximize": True}],
+        betas=(0.9, 0.95),
+    )
+    optimizer = fabric.setup_optimizers(optimizer)
+    state = {"model": model, "optimizer": optimizer, "step": 0}
+    if resuming:
+        fabric.load(state_path, state)
+        fabric.print(f"Resuming pruning at step {state['step']} from {state_path}")
+    masks = model.masks if hasattr(model, "masks") else model.module.masks
+
+    def evaluate(step: int) -> dict:
+        loss = float(validate(fabric, model, val_loader, max_iters=eval.max_iters, verbose=False))
+        record = {"step": step, "val_loss": loss}
+        loader = unwrap(data.val_dataloader()) if isinstance(data, DomainMixture) else None
+        if loader is not None and hasattr(loader, "domain_loaders"):
+            model.eval()
+            with torch.no_grad():
+                losses = _domain_losses(fabric, model, loader, eval.max_iters, validate)
+            model.train()
+            record["domain_losses"] = losses
+            record["domain_weights"] = data.after_validation(losses, step)
+        return record
+
+    def log(record: dict) -> None:
+        if fabric.global_rank == 0:
+            with (out_dir / METRICS_FILE).open("a") as sink:
+                sink.write(json.dumps(record) + "\n")
+
+    def save() -> None:
+        tmp = out_dir / f".{STATE_FILE}.tmp"
+        fabric.save(tmp, state)
+        if fabric.global_rank == 0:
+            os.replace(tmp, state_path)
+        fabric.barrier()
+
+    batches = CycleIterator(train_loader)
+    for _ in range(state["step"] * accumulate):  # the same batches as an uninterrupted run
+        next(batches)
+    model.train()
+    t0 = time.perf_counter()
+    lr_warmup = math.ceil(train.lr_warmup_fraction * steps) if train.lr_warmup_fraction else (train.lr_warmup_steps or 0)
+    min_lr = train.min_lr if train.min_lr is not None else lr
+    while state["step"] < steps:
+        step = state["step"]
+        optimizer.param_groups[0]["lr"] = get_lr(lr, step, lr_warmup, steps, min_lr)
+        lm_loss = 0.0
+        for micro in range(accumulate):
+            batch = next(batches)
+            input_ids, targets = batch[:, 0:seq].contiguous().long(), batch[:, 1:seq + 1].contiguous().long()
+            with fabric.no_backward_sync(model, enabled=micro < accumulate - 1):
+                logits = model(input_ids)
+                loss = chunked_cross_entropy(logits, targets)
+                fabric.backward(loss / accumulate)
+            lm_loss += float(loss.detach()) / accumulate
+        constraint, stats = masks.lagrangian(step, warmup)
+        fabric.backward(constraint)
+        if fabric.world_size == 1:
+            torch.nn.utils.clip_grad_norm_(weights, train.max_norm)
+        else:  # FSDP shards the gradients: Fabric clips over all parameters together
+            fabric.clip_gradients(model, optimizer, max_norm=train.max_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        masks.clamp_()
+        state["step"] = step + 1
+        record = {"step": step + 1, "loss": lm_loss, "lagrangian": float(constraint.detach()), "masks": stats,
+                  "expected_kept": masks.expected_sizes(), "lr": optimizer.param_groups[0]["lr"]}
+        if (step + 1) % eval.interval == 0 or step + 1 == steps:
+            record.update(evaluate(step + 1))
+        if (step + 1) % train.log_interval == 0 or "val_loss" in record:
+            fabric.print(
+                f"step {step + 1}/{steps} | loss {lm_loss:.3f} | lagrangian {record['lagrangian']:.4f} | "
+                + " ".join(f"{k} {v['expected_sparsity']:.3f}/{v['target_sparsity']:.3f}" for k, v in stats.items())
+                + (f" | val (target shape) {record['val_loss']:.3f}" if "val_loss" in record else "")
+                + f" | {time.perf_counter() - t0:.0f} s"
+            )
+        log(record)
+        if train.save_interval and (step + 1) % train.save_interval == 0 and step + 1 < steps:
+            save()
+    save()
+
+    # Extract exactly the target shape, with the surviving mask values folded into the weights, from the full
+    # (consolidated) state just saved, so one path serves one device and FSDP alike.
+    if fabric.global_rank == 0:
+        saved = torch.load(state_path, mmap=True, map_location="cpu", weights_only=False)["model"]
+        final_masks = PruningMasks(config, sizes)
+        final_masks.load_state_dict({k[len("masks."):]: v for k, v in saved.items() if k.startswith("masks.")})
+        keep, scales = extraction(final_masks, config)
+        gpt_state = {k[len("gpt."):]: v for k, v in saved.items() if k.startswith("gpt.")}
+        child, child_state = prune_state_dict(config, gpt_state, keep, scales)
+        with atomic_dir(out_dir / FINAL, overwrite=overwrite) as tmp:
+            write_checkpoint(tmp, child, child_state, reference_dir, keep.layers, widths=True)
+            record = {"reference": str(reference_dir), "reference_name": config.name,
+                      "reference_blocks": config.n_layer, "method": "prune", "target": sizes, "layers": keep.layers,
+                      "steps": steps, "parameters": parameter_count(child),
+                      "reference_parameters": parameter_count(config),
+                      "keep": {"hidden": keep.hidden, "groups": keep.groups, "heads": keep.heads,
+                               "intermediate": keep.intermediate}}
+            (tmp / INHERITANCE_FILE).write_text(json.dumps(record) + "\n")
+    fabric.barrier()
+    return out_dir / FINAL
+
+
+def setup(
+    reference_dir: Path,
+    target: str | dict[str, int] | None = None,
+    data: DataModule | None = None,
+    out_dir: Path = Path("out/inheritune_prune"),
+    steps: int = 3200,
+    lagrangian_warmup_steps: int | None = None,
+    train: TrainArgs = TrainArgs(
+        save_interval=100,
+        log_interval=1,
+        global_batch_size=32,
+        micro_batch_size=4,
+        lr_warmup_steps=320,
+        max_seq_length=4096,
+        max_norm=1.0,
+        min_lr=1e-5,
+    ),
+    eval: EvalArgs = EvalArgs(interval=50, max_iters=100),
+    lr: float = 1e-4,
+    mask_lr: float = 1.0,
+    lambda_lr: float = 1.0,
+    weight_decay: float = 0.0,
+    precision: Literal["bf16-true", "bf16-mixed", "32-true", None] = None,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    seed: int = 42,
+    resume: bool | Literal["auto"] = "auto",
+    overwrite: bool = False,
+) -> None:
+    """Targeted structured pruning (Sheared-LLaMA): learn which blocks, query groups, heads, MLP and embedding
+    channels to keep for an exact target shape, then write that child as a LitGPT checkpoint in ``out_dir/final``.
+
+    Every forward samples hard-concrete masks; the loss is the LM loss plus, per mask type, lambda_1 (s - t) +
+    lambda_2 (s - t)^2 with s the expected sparsity and t the target's, warmed up linearly over
+    ``lagrangian_warmup_steps``; the lambdas rise by gradient ascent. Grouped-query attention is pruned by whole
+    query groups (and query heads within groups when the target has fewer per group). Validation uses the
+    deterministic target-shaped masks, so its loss is the extracted child's. ``out_dir`` holds prune.json (settings),
+    metrics.jsonl (losses, expected sparsities, multipliers per step) and prune_state.pth (for resuming).
+    With ``--data litgpt_inheritune.data_mixture.DomainMixture --data.dynamic true`` the domain weights follow
+    Sheared-LLaMA's dynamic batch loading at every evaluation (give ``--data.reference_losses``).
+
+    Arguments:
+        reference_dir: LitGPT checkpoint dir of the reference model (standard blocks, no post-branch norms).
+        target: The child's shape: a LitGPT model name (only its sizes are used; same head size required) or a
+            dict of ``n_layer``, ``n_embd``, ``n_head``, ``n_query_groups``, ``intermediate_size``.
+        data: A LitGPT data module with a validation set.
+        out_dir: Directory for the run and the extracted child (``out_dir/final``).
+        steps: Optimizer steps (Sheared-LLaMA: 3,200 of 32 x 4,096 tokens).
+        lagrangian_warmup_steps: Steps over which the target sparsity rises from 0 (default: 20% of ``steps``).
+        train: Batch sizes, sequence length, learning-rate warm-up, ``min_lr`` (cosine floor), ``max_norm``,
+            ``save_interval`` (steps between resumable saves) and ``log_interval``, as for `litgpt pretrain`.
+        eval: ``interval`` (steps between validations of the target-shaped model) and ``max_iters``.
+        lr: Learning rate of the model's weights.
+        mask_lr: Learning rate of the masks' log-alphas (Sheared-LLaMA: 1.0).
+        lambda_lr: Learning rate of the Lagrange multipliers, which follow gradient ascent (Sheared-LLaMA: 1.0).
+        weight_decay: Weight decay of the model's weights.
+        precision: The precision to train in.
+        devices: How many devices/GPUs to use; several shard the model with FSDP.
+        num_nodes: How many nodes the code is being run on.
+        seed: The random seed (mask samples, data order).
+        resume: ``auto`` continues an interrupted run in ``out_dir`` with the same settings; ``True`` requires one.
+        overwrite: Delete a finished or interrupted run in ``out_dir`` and start again.
+    """
+    try:
+        final = prune(reference_dir, target, data, out_dir, steps, lagrangian_warmup_steps, train, eval, lr, mask_lr,
+                      lambda_lr, weight_decay, precision, devices, num_nodes, seed, resume, overwrite)
+    except InherituneError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"Wrote the pruned child to {str(final)!r}")
