@@ -51,8 +51,9 @@ class HardConcrete(nn.Module):
     def target_sparsity(self) -> float:
         return 1.0 - self.keep / self.size
 
-    def sample(self) -> torch.Tensor:
-        u = torch.rand_like(self.log_alpha).clamp(EPS, 1 - EPS)
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        a = self.log_alpha
+        u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype).clamp(EPS, 1 - EPS)
         s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / BETA)
         return (s * (LIMIT_R - LIMIT_L) + LIMIT_L).clamp(0.0, 1.0)
 
@@ -96,8 +97,8 @@ class PruningMasks(nn.Module):
         # lambda_1, lambda_2 per mask type, trained by gradient ascent (Sheared-LLaMA starts them at 0)
         self.lambdas = nn.ParameterDict({name: nn.Parameter(torch.zeros(2)) for name in gates})
 
-    def sample(self) -> dict:
-        return {name: gate.sample() for name, gate in self.gates.items()}
+    def sample(self, generator: torch.Generator | None = None) -> dict:
+        return {name: gate.sample(generator) for name, gate in self.gates.items()}
 
     def deterministic(self) -> dict:
         return {name: gate.deterministic() for name, gate in self.gates.items()}
@@ -257,6 +258,7 @@ class PrunableGPT(nn.Module):
         self.gpt = gpt
         self.masks = PruningMasks(gpt.config, sizes)
         self.config = gpt.config
+        self.generator = None  # set per step for samples that do not depend on where a run was resumed
         self._values = None
 
     @property
@@ -268,7 +270,7 @@ class PrunableGPT(nn.Module):
         self.gpt.max_seq_length = value
 
     def forward(self, idx: torch.Tensor, **kwargs):
-        z = self.masks.sample() if self.training else self.masks.deterministic()
+        z = self.masks.sample(self.generator) if self.training else self.masks.deterministic()
         self._values = self.masks.full(z)
         with masked(self.gpt, lambda: self._values):
             return self.gpt(idx, **kwargs)

@@ -37,9 +37,9 @@ def prune(
     data: DataModule | None,
     out_dir: Path,
     steps: int,
+    train: TrainArgs,
+    eval: EvalArgs,
     lagrangian_warmup_steps: int | None = None,
-    train: TrainArgs | None = None,
-    eval: EvalArgs | None = None,
     lr: float = 1e-4,
     mask_lr: float = 1.0,
     lambda_lr: float = 1.0,
@@ -65,6 +65,7 @@ def prune(
                                               load_reference_config, load_state_dict_lazily, write_checkpoint,
                                               write_json)
     from litgpt_inheritune.data_mixture import DomainMixture, _domain_losses, unwrap
+    from litgpt_inheritune.inherit import reference_ties_embeddings
     from litgpt_inheritune.init import INHERITANCE_FILE
     from litgpt_inheritune.masks import PrunableGPT, PruningMasks, check_prunable, extraction
     from litgpt_inheritune.shape import parameter_count, prune_state_dict, target_sizes
@@ -76,8 +77,6 @@ def prune(
         raise InherituneError("--target is required: a LitGPT model name or sizes such as '{n_embd: 448, n_head: 6}'")
     if not isinstance(steps, int) or steps < 1:
         raise InherituneError(f"--steps must be a positive number of optimizer steps, got {steps}")
-    train = train or TrainArgs()
-    eval = eval or EvalArgs()
     if train.max_norm is None:
         raise InherituneError("--train.max_norm is required, e.g. --train.max_norm 1.0")
     config = load_reference_config(reference_dir)
@@ -129,6 +128,8 @@ def prune(
 
     model = GPT(config)
     model.load_state_dict(state_dict)
+    if reference_ties_embeddings(state_dict):  # keep the reference's architecture: one shared matrix
+        model.lm_head.weight = model.transformer.wte.weight
     del state_dict
     model.max_seq_length = seq
     model = PrunableGPT(model, sizes)
@@ -147,7 +148,8 @@ def prune(
     if resuming:
         fabric.load(state_path, state)
         fabric.print(f"Resuming pruning at step {state['step']} from {state_path}")
-    masks = model.masks if hasattr(model, "masks") else model.module.masks
+    prunable = model.module if hasattr(model, "module") else model
+    masks = prunable.masks
 
     def evaluate(step: int) -> dict:
         loss = float(validate(fabric, model, val_loader, max_iters=eval.max_iters, verbose=False))
@@ -188,6 +190,9 @@ def prune(
         for micro in range(accumulate):
             batch = next(batches)
             input_ids, targets = batch[:, 0:seq].contiguous().long(), batch[:, 1:seq + 1].contiguous().long()
+            # mask samples seeded by (seed, rank, step, micro-batch): a resumed run draws what it would have drawn
+            prunable.generator = torch.Generator(fabric.device).manual_seed(
+                hash((seed, fabric.global_rank, step, micro)) % 2**63)
             with fabric.no_backward_sync(model, enabled=micro < accumulate - 1):
                 logits = model(input_ids)
                 loss = chunked_cross_entropy(logits, targets)
@@ -228,12 +233,13 @@ def prune(
         keep, scales = extraction(final_masks, config)
         gpt_state = {k[len("gpt."):]: v for k, v in saved.items() if k.startswith("gpt.")}
         child, child_state = prune_state_dict(config, gpt_state, keep, scales)
+        tied = torch.equal(gpt_state["lm_head.weight"], gpt_state["transformer.wte.weight"])
         with atomic_dir(out_dir / FINAL, overwrite=overwrite) as tmp:
             write_checkpoint(tmp, child, child_state, reference_dir, keep.layers, widths=True)
             record = {"reference": str(reference_dir), "reference_name": config.name,
                       "reference_blocks": config.n_layer, "method": "prune", "target": sizes, "layers": keep.layers,
-                      "steps": steps, "parameters": parameter_count(child),
-                      "reference_parameters": parameter_count(config),
+                      "steps": steps, "parameters": parameter_count(child, tied),
+                      "reference_parameters": parameter_count(config, tied),
                       "keep": {"hidden": keep.hidden, "groups": keep.groups, "heads": keep.heads,
                                "intermediate": keep.intermediate}}
             (tmp / INHERITANCE_FILE).write_text(json.dumps(record) + "\n")
@@ -305,8 +311,10 @@ def setup(
         overwrite: Delete a finished or interrupted run in ``out_dir`` and start again.
     """
     try:
-        final = prune(reference_dir, target, data, out_dir, steps, lagrangian_warmup_steps, train, eval, lr, mask_lr,
-                      lambda_lr, weight_decay, precision, devices, num_nodes, seed, resume, overwrite)
+        final = prune(reference_dir=reference_dir, target=target, data=data, out_dir=out_dir, steps=steps, train=train,
+                      eval=eval, lagrangian_warmup_steps=lagrangian_warmup_steps, lr=lr, mask_lr=mask_lr,
+                      lambda_lr=lambda_lr, weight_decay=weight_decay, precision=precision, devices=devices,
+                      num_nodes=num_nodes, seed=seed, resume=resume, overwrite=overwrite)
     except InherituneError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"Wrote the pruned child to {str(final)!r}")

@@ -275,11 +275,13 @@ def shaped_hf_config(hf: dict | None, child) -> dict | None:
     return hf
 
 
-def parameter_count(config) -> int:
-    """Parameters of a model of ``config``, LM head included (built on the meta device, nothing allocated)."""
+def parameter_count(config, tied: bool = False) -> int:
+    """Parameters of a model of ``config`` (built on the meta device, nothing allocated); with ``tied`` the LM head
+    shares the embedding's weight and is counted once."""
     import torch
     from litgpt import GPT
 
     with torch.device("meta"):
         model = GPT(config)
-    return sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return total - model.lm_head.weight.numel() if tied else total

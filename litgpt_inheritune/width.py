@@ -39,6 +39,7 @@ def build_width_child(
     from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
                                               load_reference_config, load_state_dict_lazily, write_checkpoint)
     from litgpt_inheritune.importance import activation_importance
+    from litgpt_inheritune.inherit import reference_ties_embeddings
     from litgpt_inheritune.init import INHERITANCE_FILE
     from litgpt_inheritune.shape import check_standard, parameter_count, prune_state_dict, target_sizes, top_k_keep
     from litgpt_inheritune.subset import corpus_files
@@ -77,13 +78,14 @@ def build_width_child(
     del model
     keep = top_k_keep(config, sizes, layers, scores["hidden"], scores["head"], scores["intermediate"])
     child, child_state = prune_state_dict(config, state_dict, keep)
+    tied = reference_ties_embeddings(state_dict)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_checkpoint(tmp, child, child_state, reference_dir, layers, widths=True)
         record = {"reference": str(reference_dir), "reference_name": config.name, "reference_blocks": config.n_layer,
                   "method": "width", "target": sizes, "layers": layers, "select": select,
                   "analysis": None if analysis is None else str(analysis), "score": METHOD,
                   "calibration": {"data": str(data), "n_sequences": n_sequences, "seq_len": seq_len, "seed": seed},
-                  "parameters": parameter_count(child), "reference_parameters": parameter_count(config),
+                  "parameters": parameter_count(child, tied), "reference_parameters": parameter_count(config, tied),
                   "keep": {"hidden": keep.hidden, "groups": keep.groups, "heads": keep.heads,
                            "intermediate": keep.intermediate}}
         (tmp / INHERITANCE_FILE).write_text(json.dumps(record) + "\n")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from litgpt_inheritune import analyze, arms, data_subset, evaluate, grow, init, train
+from litgpt_inheritune import analyze, arms, data_subset, evaluate, grow, init, prune, train, width
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -50,7 +50,8 @@ def test_stock_command_still_works():
                                                ("inheritune_data", data_subset.setup), ("inheritune_analyze", analyze.setup),
                                                ("inheritune_grow", grow.setup), ("inheritune_arms", arms.setup),
                                                ("inheritune_evaluate", evaluate.setup),
-                                               ("inheritune_collect", evaluate.collect_setup)])
+                                               ("inheritune_collect", evaluate.collect_setup),
+                                               ("inheritune_width", width.setup), ("inheritune_prune", prune.setup)])
 def test_help_documents_every_argument(command, function):
     out = litgpt(command, "--help").stdout
     for name, parameter in inspect.signature(function).parameters.items():

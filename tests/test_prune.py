@@ -1,0 +1,154 @@
+"""The width and pruning commands end to end on a tiny llama-shaped reference (GQA, tied embeddings) with SmolLM2's
+real tokenizer and real English text: exact target shapes, loadable checkpoints, importance that sees a dead query
+group, resumption, bad input."""
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import yaml
+from litgpt import GPT, Config
+from litgpt.args import EvalArgs, TrainArgs
+from litgpt.data import TextFiles
+
+from litgpt_inheritune.errors import InherituneError
+from litgpt_inheritune.masks import PruningMasks
+from litgpt_inheritune.prune import prune
+from litgpt_inheritune.width import build_width_child
+
+TARGET = {"n_layer": 4, "n_embd": 24, "n_head": 2, "n_query_groups": 1, "intermediate_size": 40}
+
+
+def load(directory: Path):
+    config = Config.from_file(directory / "model_config.yaml")
+    model = GPT(config)
+    model.load_state_dict(torch.load(directory / "lit_model.pth"))
+    return config, model
+
+
+@pytest.fixture
+def dead_group_reference(tmp_path, tiny_reference):
+    """The tiny reference with the value rows of key/value group 1 zeroed in every block: its heads output nothing."""
+    import shutil
+
+    directory = tmp_path / "dead-group"
+    shutil.copytree(tiny_reference, directory)
+    config = Config.from_file(directory / "model_config.yaml")
+    state = torch.load(directory / "lit_model.pth")
+    hs, q_size, kv_size = config.head_size, config.n_head * config.head_size, config.n_query_groups * config.head_size
+    for i in range(config.n_layer):
+        state[f"transformer.h.{i}.attn.qkv.weight"][q_size + kv_size + hs:q_size + 2 * kv_size] = 0
+    torch.save(state, directory / "lit_model.pth")
+    return directory
+
+
+def test_width_child_has_the_target_shape_and_drops_a_dead_group(tmp_path, dead_group_reference, text_dirs):
+    out = tmp_path / "width"
+    child, keep = build_width_child(dead_group_reference, TARGET, text_dirs[0], out, n_sequences=4, seq_len=32,
+                                    device="cpu")
+    assert all(g == [0] for g in keep.groups)  # group 1's heads are silent, so group 0 is kept in every block
+    config, model = load(out)
+    assert {k: getattr(config, k) for k in TARGET} == TARGET and config.head_size == 8
+    state = model.state_dict()
+    assert torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])  # still tied
+    hf = json.loads((out / "config.json").read_text())
+    assert (hf["hidden_size"], hf["num_attention_heads"], hf["num_key_value_heads"], hf["intermediate_size"],
+            hf["num_hidden_layers"]) == (24, 2, 1, 40, 4)
+    record = json.loads((out / "inheritune.json").read_text())
+    assert record["method"] == "width" and record["target"] == TARGET and record["parameters"] < record["reference_parameters"]
+    scores = torch.load(out / "importance.pt")
+    assert scores["head"].shape == (6, 4) and torch.all(scores["head"][:, 2:] == 0) and torch.all(scores["head"][:, :2] > 0)
+    model(torch.randint(0, 100, (1, 8)))  # runs at the new shape
+
+
+def test_width_refuses_bad_input_before_work(tmp_path, tiny_reference, text_dirs):
+    out = tmp_path / "width"
+    out.mkdir()
+    (out / "lit_model.pth").write_text("keep me")
+    with pytest.raises(InherituneError, match="already holds"):
+        build_width_child(tiny_reference, TARGET, text_dirs[0], out)
+    assert (out / "lit_model.pth").read_text() == "keep me"
+    with mock.patch("litgpt_inheritune.importance.activation_importance", side_effect=AssertionError("no work")):
+        with pytest.raises(InherituneError, match="from 1 to"):
+            build_width_child(tiny_reference, {"n_embd": 64}, text_dirs[0], tmp_path / "w2")
+        with pytest.raises(InherituneError, match="head size"):
+            build_width_child(tiny_reference, "pythia-14m", text_dirs[0], tmp_path / "w2")
+    assert not (tmp_path / "w2").exists()
+
+
+TRAIN = TrainArgs(save_interval=2, log_interval=1, global_batch_size=2, micro_batch_size=1, lr_warmup_steps=1,
+                  max_seq_length=32, max_norm=1.0, min_lr=1e-5)
+EVAL = EvalArgs(interval=2, max_iters=2)
+
+
+def run_prune(reference, text_dirs, out, steps=4, **kwargs):
+    data = TextFiles(train_data_path=text_dirs[0], val_data_path=text_dirs[1], num_workers=0)
+    return prune(reference, TARGET, data, out, steps=steps, train=TRAIN, eval=EVAL, lagrangian_warmup_steps=2, lr=1e-3,
+                 mask_lr=0.5, lambda_lr=0.5, precision="32-true", **kwargs)
+
+
+def test_prune_extracts_the_target_shape(tmp_path, tiny_reference, text_dirs):
+    final = run_prune(tiny_reference, text_dirs, tmp_path / "prune")
+    config, model = load(final)
+    assert {k: getattr(config, k) for k in TARGET} == TARGET
+    state = model.state_dict()
+    assert torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])
+    metrics = [json.loads(line) for line in (tmp_path / "prune" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert set(metrics[-1]["masks"]) == {"layer", "group", "intermediate", "hidden"}  # 2 heads per group stay 2
+    assert metrics[-1]["masks"]["hidden"]["target_sparsity"] == pytest.approx(1 - 24 / 32)
+    assert "val_loss" in metrics[1] and "val_loss" in metrics[3]
+    record = json.loads((final / "inheritune.json").read_text())
+    assert record["method"] == "prune" and len(record["layers"]) == 4
+    # The extracted child computes what the trained masked model computes with its deterministic masks.
+    from litgpt_inheritune.masks import PrunableGPT
+
+    saved = torch.load(tmp_path / "prune" / "prune_state.pth", weights_only=False)["model"]
+    reference_config = Config.from_file(tiny_reference / "model_config.yaml")
+    masked_model = PrunableGPT(GPT(reference_config), TARGET)
+    masked_model.load_state_dict(saved)
+    masked_model.eval()
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.eval()(ids), masked_model(ids), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(masked_model.gpt.transformer.h[0].attn.qkv.weight,
+                              torch.load(tiny_reference / "lit_model.pth")["transformer.h.0.attn.qkv.weight"])
+
+
+def test_prune_resumes_where_it_stopped(tmp_path, tiny_reference, text_dirs):
+    straight = run_prune(tiny_reference, text_dirs, tmp_path / "straight", steps=6)
+    calls = {"n": 0}
+    original = PruningMasks.clamp_
+
+    def interrupt_after_three(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    with mock.patch.object(PruningMasks, "clamp_", interrupt_after_three), pytest.raises(KeyboardInterrupt):
+        run_prune(tiny_reference, text_dirs, tmp_path / "resumed", steps=6)
+    assert not (tmp_path / "resumed" / "final").exists()
+    with pytest.raises(InherituneError, match="other settings"):
+        run_prune(tiny_reference, text_dirs, tmp_path / "resumed", steps=7)
+    resumed = run_prune(tiny_reference, text_dirs, tmp_path / "resumed", steps=6)  # resume defaults to auto: from step 2
+    a, b = torch.load(straight / "lit_model.pth"), torch.load(resumed / "lit_model.pth")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    losses = lambda d: {m["step"]: m["loss"] for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())}
+    first, second = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    for step in (5, 6):
+        assert second[step] == pytest.approx(first[step], rel=1e-5)
+
+
+def test_prune_refuses_bad_input_before_work(tmp_path, tiny_reference, text_dirs):
+    with mock.patch("lightning.Fabric", side_effect=AssertionError("no work")):
+        with pytest.raises(InherituneError, match="heads per key/value group"):
+            prune(tiny_reference, {"n_head": 4, "n_query_groups": 1}, TextFiles(text_dirs[0]), tmp_path / "p", 2, TRAIN, EVAL)
+        with pytest.raises(InherituneError, match="--steps"):
+            prune(tiny_reference, TARGET, TextFiles(text_dirs[0]), tmp_path / "p", 0, TRAIN, EVAL)
+        with pytest.raises(InherituneError, match="--data is required"):
+            prune(tiny_reference, TARGET, None, tmp_path / "p", 2, TRAIN, EVAL)
+    assert not (tmp_path / "p").exists()
