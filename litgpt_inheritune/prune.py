@@ -64,7 +64,7 @@ def prune(
     from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
                                               load_reference_config, load_state_dict_lazily, write_checkpoint,
                                               write_json)
-    from litgpt_inheritune.data_mixture import DomainMixture, _domain_losses, unwrap
+    from litgpt_inheritune.data_mixture import _domain_losses, unwrap
     from litgpt_inheritune.inherit import reference_ties_embeddings
     from litgpt_inheritune.init import INHERITANCE_FILE
     from litgpt_inheritune.masks import PrunableGPT, PruningMasks, check_prunable, extraction
@@ -152,17 +152,15 @@ def prune(
     masks = prunable.masks
 
     def evaluate(step: int) -> dict:
-        loss = float(validate(fabric, model, val_loader, max_iters=eval.max_iters, verbose=False))
-        record = {"step": step, "val_loss": loss}
-        loader = unwrap(data.val_dataloader()) if isinstance(data, DomainMixture) else None
-        if loader is not None and hasattr(loader, "domain_loaders"):
-            model.eval()
-            with torch.no_grad():
-                losses = _domain_losses(fabric, model, loader, eval.max_iters, validate)
-            model.train()
-            record["domain_losses"] = losses
-            record["domain_weights"] = data.after_validation(losses, step)
-        return record
+        """Validation of the target-shaped model (deterministic masks); per domain for a ``DomainMixture``, whose
+        weights then follow dynamic batch loading."""
+        loader = unwrap(val_loader)
+        if not hasattr(loader, "domain_loaders"):
+            return {"step": step, "val_loss": float(validate(fabric, model, val_loader, eval.max_iters, verbose=False))}
+        losses = _domain_losses(fabric, model, loader, eval.max_iters, validate)
+        known = [v for v in losses.values() if v is not None]
+        return {"step": step, "val_loss": sum(known) / len(known) if known else math.nan, "domain_losses": losses,
+                "domain_weights": data.after_validation(losses, step)}
 
     def log(record: dict) -> None:
         if fabric.global_rank == 0:

@@ -256,3 +256,26 @@ def test_inheritune_data_split_by_domain_feeds_the_mixture(tiny_reference, tmp_p
     rows = history(out)
     assert rows and all(set(r["weights"]) == set(data.domains()) for r in rows)
     assert all(sum(r["weights"].values()) == pytest.approx(1.0) for r in rows)
+
+
+def test_pruning_with_dynamic_batch_loading(tiny_reference, text_mixture, tmp_path):
+    """`litgpt inheritune_prune` validates the target-shaped model per domain and moves the weights (Sheared-LLaMA's
+    pruning stage runs with dynamic batch loading)."""
+    from litgpt.args import EvalArgs, TrainArgs
+
+    from litgpt_inheritune.prune import prune
+
+    data = DomainMixture(text_mixture, num_workers=0, dynamic=True, reference_losses={"code": 9.0, "prose": 11.0})
+    out = tmp_path / "prune"
+    final = prune(tiny_reference, {"n_layer": 4, "n_embd": 24}, data, out, 4,
+                  TrainArgs(save_interval=2, log_interval=1, global_batch_size=2, micro_batch_size=2,
+                            lr_warmup_steps=1, max_seq_length=32, max_norm=1.0, min_lr=1e-5),
+                  EvalArgs(interval=2, max_iters=2), precision="32-true")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "domain_weights" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(set(r["domain_losses"]) == {"code", "prose"} for r in evals)
+    start = DomainMixture(text_mixture).initial_weights()
+    assert evals[0]["domain_weights"]["code"] > start["code"]
+    assert evals[1]["domain_weights"]["code"] > evals[0]["domain_weights"]["code"]
+    assert (final / "lit_model.pth").is_file()
