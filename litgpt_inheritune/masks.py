@@ -52,19 +52,19 @@ class HardConcrete(nn.Module):
         return 1.0 - self.keep / self.size
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        a = self.log_alpha
-        u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype).clamp(EPS, 1 - EPS)
-        s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / BETA)
+        a = self.log_alpha.float()  # gates in float32 whatever the model's precision
+        u = torch.rand(a.shape, generator=generator, device=a.device, dtype=torch.float32).clamp(EPS, 1 - EPS)
+        s = torch.sigmoid((u.log() - (1 - u).log() + a) / BETA)
         return (s * (LIMIT_R - LIMIT_L) + LIMIT_L).clamp(0.0, 1.0)
 
     def prob_nonzero(self) -> torch.Tensor:
-        return torch.sigmoid(self.log_alpha - BETA * math.log(-LIMIT_L / LIMIT_R))
+        return torch.sigmoid(self.log_alpha.float() - BETA * math.log(-LIMIT_L / LIMIT_R))
 
     def expected_sparsity(self) -> torch.Tensor:
         return 1.0 - self.prob_nonzero().mean()
 
     def deterministic(self) -> torch.Tensor:
-        soft = torch.sigmoid(self.log_alpha.detach() / BETA * DETERMINISTIC_SCALE)
+        soft = torch.sigmoid(self.log_alpha.detach().float() / BETA * DETERMINISTIC_SCALE)
         kept = soft.topk(self.keep, dim=-1).indices
         return torch.zeros_like(soft).scatter(-1, kept, soft.gather(-1, kept))
 
@@ -119,7 +119,7 @@ class PruningMasks(nn.Module):
             target = gate.target_sparsity * ramp
             gap = gate.expected_sparsity() - target
             lam = self.lambdas[name]
-            total = total + lam[0] * gap + lam[1] * gap * gap
+            total = total + lam[0].float() * gap + lam[1].float() * gap * gap
             stats[name] = {"expected_sparsity": float(gap.detach()) + target, "target_sparsity": target,
                            "lambda_1": float(lam[0].detach()), "lambda_2": float(lam[1].detach())}
         return total, stats
