@@ -125,6 +125,13 @@ def run(**arguments: Any) -> Path:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
     if isinstance(a.data, DomainMixture):
         a.data.check()
+    extra = sorted(set(a.optimizer) - {"class_path", "init_args"}) if isinstance(a.optimizer, dict) else []
+    if extra:  # LitGPT builds the optimizer from class_path and init_args only: anything else is silently dropped
+        raise InherituneError(
+            f"--optimizer has {extra} beside class_path and init_args, which LitGPT would ignore (jsonargparse puts "
+            f"--optimizer.{extra[0]} there when a --config gives the optimizer); set it under optimizer.init_args "
+            "in the YAML instead"
+        )
     speed_options = speed.parse(a.speed)
     train: TrainArgs = a.train
     if train.epochs is not None and train.max_tokens is not None:

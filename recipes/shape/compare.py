@@ -1,7 +1,8 @@
 """Table and plot for recipes/shape: every arm's child before and after the same continued training.
 
-Usage: python recipes/shape/compare.py out/shape recipes/shape
-Reads the runs that run.sh wrote under OUT and writes shape.md, shape.json and curves.png into DEST.
+Usage: python recipes/shape/compare.py OUT RUNS DEST LR
+Reads the runs that run.sh wrote under RUNS (data and pruning log under OUT) and writes shape_lr<LR>.md,
+shape_lr<LR>.json and curves_lr<LR>.png into DEST.
 """
 
 import json
@@ -24,14 +25,14 @@ ARMS = {  # run dir under OUT -> what its child is
 SEQ, BATCH, ITERS = 64, 4, 12  # config_hub/smollm2_shape.yaml
 
 
-def main(out: Path, dest: Path) -> None:
+def main(out: Path, runs: Path, dest: Path, lr: str) -> None:
     from litgpt import Config
 
     data = TextFiles(train_data_path=out / "data" / "train", val_data_path=out / "data" / "val", num_workers=0)
     reference = Path("checkpoints/SmolLM2-135M-Instruct")
     rows = []
     for arm, what in ARMS.items():
-        run = out / arm
+        run = runs / arm
         if not (run / "final" / "lit_model.pth").is_file():
             print(f"skipping {arm}: no {run}/final")
             continue
@@ -49,7 +50,7 @@ def main(out: Path, dest: Path) -> None:
     prune_log = out / "prune" / "metrics.jsonl"
     pruning = [json.loads(line) for line in prune_log.read_text().splitlines()] if prune_log.is_file() else []
     dest.mkdir(parents=True, exist_ok=True)
-    write_json(dest / "shape.json", {"reference_loss": ref_loss, "arms": rows, "pruning": pruning})
+    write_json(dest / f"shape_lr{lr}.json", {"reference_loss": ref_loss, "arms": rows, "pruning": pruning})
     lines = [
         "| arm | parameters | shape (layers, n_embd, heads/groups, MLP) | start val loss | final val loss | best (step) | child |",
         "|---|---|---|---|---|---|---|",
@@ -62,10 +63,10 @@ def main(out: Path, dest: Path) -> None:
                      f"{r['final_loss']:.3f} | {best} | {r['what']} |")
     lines.append(f"| reference | {parameter_count(Config.from_file(reference / 'model_config.yaml'), tied=True) / 1e6:.1f}M "
                  f"| 30, 576, 9/3, 1536 | {ref_loss:.3f} | - | - | SmolLM2-135M-Instruct |")
-    (dest / "shape.md").write_text("\n".join(lines) + "\n")
-    plot_curves(rows, dest / "curves.png", "Half-size children of SmolLM2-135M, same continued training", BATCH * SEQ)
+    (dest / f"shape_lr{lr}.md").write_text("\n".join(lines) + "\n")
+    plot_curves(rows, dest / f"curves_lr{lr}.png", f"Half-size children of SmolLM2-135M, same continued training, lr {lr}", BATCH * SEQ)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4])

@@ -25,12 +25,18 @@ mkdir -p "$OUT/calib" && cp "$OUT"/data/train/*.txt "$OUT/calib/"  # raw text fo
   --out_dir "$OUT/prune" --steps 100 --lagrangian_warmup_steps 20 --train.micro_batch_size 4 \
   --train.global_batch_size 4 --train.max_seq_length 64 --train.lr_warmup_steps 10 --train.save_interval 20 \
   --train.log_interval 10 --eval.interval 20 --eval.max_iters 12 --lr 3e-4 --precision 32-true
+# LR=3e-4 bash recipes/shape/run.sh repeats the four trainings at another learning rate (runs in out/shape/lr3e-4/).
+LR=${LR:-0.001}
+RUNS=$OUT; [ "$LR" = 0.001 ] || RUNS=$OUT/lr$LR
+mkdir -p "$RUNS"
+# The YAML with its optimizer's lr replaced (jsonargparse cannot override one key of a YAML's optimizer dict).
+sed "s/^    lr: 0.001$/    lr: $LR/" config_hub/smollm2_shape.yaml > "$RUNS/config.yaml"
 run () {  # arm, child dir, depth, extra args
-  [ -f "$OUT/$1/final/lit_model.pth" ] || litgpt inheritune --config config_hub/smollm2_shape.yaml \
-    --reference_dir "$2" --n_layers "$3" --out_dir "$OUT/$1" "${@:4}"
+  [ -f "$RUNS/$1/final/lit_model.pth" ] || litgpt inheritune --config "$RUNS/config.yaml" \
+    "$2" --n_layers "$3" --out_dir "$RUNS/$1" "${@:4}"
 }
 run blocks "$REF" 11
 run width "$OUT/width_child" 24
 run prune_cpt "$OUT/prune/final" 24
 run random "$OUT/width_child" 24 --parts '[]'
-python recipes/shape/compare.py "$OUT" recipes/shape
+python recipes/shape/compare.py "$OUT" "$RUNS" recipes/shape "$LR"
