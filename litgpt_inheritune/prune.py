@@ -64,7 +64,7 @@ def prune(
     from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
                                               load_reference_config, load_state_dict_lazily, write_checkpoint,
                                               write_json)
-    from litgpt_inheritune.data_mixture import _domain_losses, unwrap
+    from litgpt_inheritune.data_mixture import DomainMixture, _domain_losses, unwrap
     from litgpt_inheritune.inherit import reference_ties_embeddings
     from litgpt_inheritune.init import INHERITANCE_FILE
     from litgpt_inheritune.masks import PrunableGPT, PruningMasks, check_prunable, extraction
@@ -79,6 +79,8 @@ def prune(
         raise InherituneError(f"--steps must be a positive number of optimizer steps, got {steps}")
     if train.max_norm is None:
         raise InherituneError("--train.max_norm is required, e.g. --train.max_norm 1.0")
+    if isinstance(data, DomainMixture):
+        data.check()
     config = load_reference_config(reference_dir)
     check_prunable(config)
     sizes = target_sizes(config, target)
