@@ -124,6 +124,35 @@ def sample_sequences(corpus: Path, tokenizer, n_sequences: int, seq_len: int, se
     return torch.tensor(ids[:need], dtype=torch.long).view(n_sequences, seq_len)
 
 
+def check_sampling(config, reference_dir: Path, data: Path, n_sequences: int, seq_len: int, batch_size: int) -> None:
+    """The cheap checks before a reference runs on ``sample_sequences`` of ``data`` (analysis, width calibration)."""
+    from litgpt_inheritune.checkpoint import has_tokenizer
+    from litgpt_inheritune.subset import corpus_files
+
+    for name, value in (("--n_sequences", n_sequences), ("--seq_len", seq_len), ("--batch_size", batch_size)):
+        if value < 1:
+            raise InherituneError(f"{name} must be at least 1, got {value}")
+    if seq_len > config.block_size:
+        raise InherituneError(f"--seq_len {seq_len} exceeds the reference's context of {config.block_size} tokens")
+    if not has_tokenizer(reference_dir):
+        raise InherituneError(f"{str(reference_dir)!r} has no tokenizer; --data is encoded with it")
+    corpus_files(data)
+
+
+def hooked_model(config, state_dict, device: str = "auto"):
+    """The reference as a plain ``GPT`` for forward passes with hooks: on CUDA in bf16 (``auto`` picks CUDA when
+    available), else on CPU in float32."""
+    import torch
+    from litgpt import GPT
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = GPT(config)
+    model.load_state_dict(state_dict)
+    return model.to(torch.bfloat16) if device.startswith("cuda") else model
+
+
 class _Recorder:
     """Forward hooks on every block: attention metrics per head and residual-stream statistics."""
 

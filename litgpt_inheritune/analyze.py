@@ -25,43 +25,28 @@ def analyze(
     overwrite: bool = False,
 ) -> dict:
     """``setup`` without the error conversion; returns the analysis."""
-    import torch
-    from litgpt import GPT, Tokenizer
+    from litgpt import Tokenizer
 
-    from litgpt_inheritune.analysis import analyze_model, plot, sample_sequences, summarize
-    from litgpt_inheritune.checkpoint import atomic_dir, check_weights_match_config, has_tokenizer, load_reference_config
+    from litgpt_inheritune.analysis import analyze_model, check_sampling, hooked_model, plot, sample_sequences, summarize
+    from litgpt_inheritune.checkpoint import atomic_dir, check_weights_match_config, load_reference_config
     from litgpt_inheritune.checkpoint import load_state_dict_lazily
-    from litgpt_inheritune.subset import corpus_files
 
     if data is None:
         raise InherituneError("--data is required: real text, a file or directory of .jsonl/.jsonl.zst/.parquet/.txt")
     reference_dir, out_dir = Path(reference_dir), Path(out_dir)
     if (out_dir / "analysis.json").exists() and not overwrite:
         raise InherituneError(f"{str(out_dir)!r} already holds an analysis; choose another --out_dir or pass --overwrite true")
-    for name, value in (("--n_sequences", n_sequences), ("--seq_len", seq_len), ("--batch_size", batch_size)):
-        if value < 1:
-            raise InherituneError(f"{name} must be at least 1, got {value}")
     for name, value in (("--tau", tau), ("--eta", eta)):
         if not 0 < value <= 1:
             raise InherituneError(f"{name} must be in (0, 1], got {value}")
     config = load_reference_config(reference_dir)
-    if seq_len > config.block_size:
-        raise InherituneError(f"--seq_len {seq_len} exceeds the reference's context of {config.block_size} tokens")
-    if not has_tokenizer(reference_dir):
-        raise InherituneError(f"{str(reference_dir)!r} has no tokenizer; the analysis encodes --data with it")
-    corpus_files(data)
+    check_sampling(config, reference_dir, data, n_sequences, seq_len, batch_size)
     state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
     check_weights_match_config(config, state_dict, reference_dir / "lit_model.pth")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
 
     t0 = time.perf_counter()
     sequences = sample_sequences(data, Tokenizer(reference_dir), n_sequences, seq_len, seed, text_key=text_key)
-    with torch.device(device):
-        model = GPT(config)
-    model.load_state_dict(state_dict)
-    if device.startswith("cuda"):
-        model = model.to(torch.bfloat16)
+    model = hooked_model(config, state_dict, device)
     result = analyze_model(model, sequences, tau=tau, eta=eta, batch_size=batch_size)
     result = {"reference": str(reference_dir), "model": config.name, "data": str(data), "seed": seed, **result}
     result["seconds"] = round(time.perf_counter() - t0, 1)

@@ -304,6 +304,12 @@ def _domain_losses(fabric, model, val_loader, max_iters: int, plain_validate) ->
     }
 
 
+def domain_mean(losses: dict[str, float | None]) -> float:
+    """The plain mean of the domains that had validation batches (NaN if none had)."""
+    known = [v for v in losses.values() if v is not None]
+    return sum(known) / len(known) if known else math.nan
+
+
 @contextmanager
 def dbl_hooks(pretrain_module, out_dir: Path):
     """Patches `litgpt pretrain`'s ``validate`` (and wraps ``fit`` to see the step) so that a ``DomainMixture``'s
@@ -325,8 +331,7 @@ def dbl_hooks(pretrain_module, out_dir: Path):
         if verbose:
             fabric.print("Validating per domain ...")
         losses = _domain_losses(fabric, model, loader, max_iters, plain_validate)
-        known = [v for v in losses.values() if v is not None]
-        mean = torch.tensor(sum(known) / len(known) if known else math.nan)
+        mean = torch.tensor(domain_mean(losses))
         if not verbose:  # the sanity check before training: measure, change nothing
             return mean
         state = seen.get("state") or {}

@@ -113,16 +113,15 @@ class PruningMasks(nn.Module):
     def lagrangian(self, step: int, warmup_steps: int) -> tuple[torch.Tensor, dict]:
         """sum over types of lambda_1 (s - t) + lambda_2 (s - t)^2, the target sparsity t warmed up linearly."""
         ramp = 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
-        total = torch.zeros((), device=next(iter(self.lambdas.values())).device) if self.lambdas else torch.zeros(())
-        stats = {}
+        terms, stats = [], {}
         for name, gate in self.gates.items():
             target = gate.target_sparsity * ramp
             gap = gate.expected_sparsity() - target
             lam = self.lambdas[name]
-            total = total + lam[0].float() * gap + lam[1].float() * gap * gap
+            terms.append(lam[0].float() * gap + lam[1].float() * gap * gap)
             stats[name] = {"expected_sparsity": float(gap.detach()) + target, "target_sparsity": target,
                            "lambda_1": float(lam[0].detach()), "lambda_2": float(lam[1].detach())}
-        return total, stats
+        return (torch.stack(terms).sum() if terms else torch.zeros(())), stats
 
     def clamp_(self) -> None:
         for gate in self.gates.values():

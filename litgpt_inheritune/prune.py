@@ -64,11 +64,11 @@ def prune(
     from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
                                               load_reference_config, load_state_dict_lazily, write_checkpoint,
                                               write_json)
-    from litgpt_inheritune.data_mixture import DomainMixture, _domain_losses, unwrap
+    from litgpt_inheritune.data_mixture import DomainMixture, _domain_losses, domain_mean, unwrap
     from litgpt_inheritune.inherit import reference_ties_embeddings
     from litgpt_inheritune.init import INHERITANCE_FILE
     from litgpt_inheritune.masks import PrunableGPT, PruningMasks, check_prunable, extraction
-    from litgpt_inheritune.shape import parameter_count, prune_state_dict, target_sizes
+    from litgpt_inheritune.shape import prune_state_dict, shape_record, target_sizes
 
     reference_dir, out_dir = Path(reference_dir), Path(out_dir)
     if data is None:
@@ -91,6 +91,7 @@ def prune(
     settings = {"reference": str(reference_dir), "target": sizes, "steps": steps, "lagrangian_warmup_steps": warmup,
                 "lr": lr, "mask_lr": mask_lr, "lambda_lr": lambda_lr, "weight_decay": weight_decay, "seed": seed,
                 "train": asdict(train), "data": type(data).__name__}
+    settings = json.loads(json.dumps(settings, default=str))  # as prune.json holds it
     if (out_dir / FINAL / "lit_model.pth").is_file() and not overwrite:
         raise InherituneError(f"{str(out_dir)!r} holds a finished pruning run; pass --overwrite true or choose another --out_dir")
     resuming = state_path.is_file() and bool(resume) and not overwrite
@@ -100,7 +101,7 @@ def prune(
         raise InherituneError(f"{str(out_dir)!r} holds an interrupted pruning run; pass --resume auto or --overwrite true")
     if resuming:
         before = json.loads((out_dir / "prune.json").read_text())
-        if before != json.loads(json.dumps(settings, default=str)):
+        if before != settings:
             raise InherituneError(f"{str(out_dir)!r} was started with other settings (see prune.json); resume with those")
     state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
     check_weights_match_config(config, state_dict, reference_dir / "lit_model.pth")
@@ -117,7 +118,7 @@ def prune(
         if overwrite and out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "prune.json", json.loads(json.dumps(settings, default=str)))
+        write_json(out_dir / "prune.json", settings)
     fabric.barrier()
 
     seq = train.max_seq_length or config.block_size
@@ -160,8 +161,7 @@ def prune(
         if not hasattr(loader, "domain_loaders"):
             return {"step": step, "val_loss": float(validate(fabric, model, val_loader, eval.max_iters, verbose=False))}
         losses = _domain_losses(fabric, model, loader, eval.max_iters, validate)
-        known = [v for v in losses.values() if v is not None]
-        return {"step": step, "val_loss": sum(known) / len(known) if known else math.nan, "domain_losses": losses,
+        return {"step": step, "val_loss": domain_mean(losses), "domain_losses": losses,
                 "domain_weights": data.after_validation(losses, step)}
 
     def log(record: dict) -> None:
@@ -234,14 +234,9 @@ def prune(
         gpt_state = {k[len("gpt."):]: v for k, v in saved.items() if k.startswith("gpt.")}
         child, child_state = prune_state_dict(config, gpt_state, keep, scales)
         tied = torch.equal(gpt_state["lm_head.weight"], gpt_state["transformer.wte.weight"])
+        record = shape_record(reference_dir, config, child, keep, sizes, tied, method="prune", steps=steps)
         with atomic_dir(out_dir / FINAL, overwrite=overwrite) as tmp:
             write_checkpoint(tmp, child, child_state, reference_dir, keep.layers, widths=True)
-            record = {"reference": str(reference_dir), "reference_name": config.name,
-                      "reference_blocks": config.n_layer, "method": "prune", "target": sizes, "layers": keep.layers,
-                      "steps": steps, "parameters": parameter_count(child, tied),
-                      "reference_parameters": parameter_count(config, tied),
-                      "keep": {"hidden": keep.hidden, "groups": keep.groups, "heads": keep.heads,
-                               "intermediate": keep.intermediate}}
             (tmp / INHERITANCE_FILE).write_text(json.dumps(record) + "\n")
     fabric.barrier()
     return out_dir / FINAL

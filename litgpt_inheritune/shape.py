@@ -153,7 +153,7 @@ def prune_state_dict(config, state_dict: Mapping, keep: Keep, scales: Mapping | 
     check_standard(config)
     check_keep(config, keep)
     child = child_config(config, keep)
-    hs, q_ref = config.head_size, config.n_head // config.n_query_groups
+    hs = config.head_size
     hidden = torch.tensor(keep.hidden, dtype=torch.long)
     out = {}
     layer_of = {ref: j for j, ref in enumerate(keep.layers)}
@@ -280,8 +280,21 @@ def parameter_count(config, tied: bool = False) -> int:
     shares the embedding's weight and is counted once."""
     import torch
     from litgpt import GPT
+    from litgpt.utils import num_parameters
 
     with torch.device("meta"):
         model = GPT(config)
-    total = sum(p.numel() for p in model.parameters())
-    return total - model.lm_head.weight.numel() if tied else total
+    if tied:
+        model.lm_head.weight = model.transformer.wte.weight
+    return num_parameters(model)
+
+
+def shape_record(reference_dir, config, child, keep: Keep, sizes: Mapping, tied: bool, **extra) -> dict:
+    """What a width or pruning child was made of, for its ``inheritune.json``: the reference, the target, exactly
+    which units were kept, the parameter counts, and ``extra`` (method, its settings)."""
+    from dataclasses import asdict
+
+    return {"reference": str(reference_dir), "reference_name": config.name, "reference_blocks": config.n_layer,
+            **extra, "target": dict(sizes), "layers": keep.layers,
+            "parameters": parameter_count(child, tied), "reference_parameters": parameter_count(config, tied),
+            "keep": {k: v for k, v in asdict(keep).items() if k != "layers"}}

@@ -33,16 +33,15 @@ def build_width_child(
 ):
     """``setup`` without the error conversion; returns ``(child_config, keep)``."""
     import torch
-    from litgpt import GPT, Tokenizer
+    from litgpt import Tokenizer
 
-    from litgpt_inheritune.analysis import load_analysis, sample_sequences, select_layers
-    from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
-                                              load_reference_config, load_state_dict_lazily, write_checkpoint)
+    from litgpt_inheritune.analysis import check_sampling, hooked_model, load_analysis, sample_sequences, select_layers
+    from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, load_reference_config,
+                                              load_state_dict_lazily, write_checkpoint)
     from litgpt_inheritune.importance import activation_importance
     from litgpt_inheritune.inherit import reference_ties_embeddings
     from litgpt_inheritune.init import INHERITANCE_FILE
-    from litgpt_inheritune.shape import check_standard, parameter_count, prune_state_dict, target_sizes, top_k_keep
-    from litgpt_inheritune.subset import corpus_files
+    from litgpt_inheritune.shape import check_standard, prune_state_dict, shape_record, target_sizes, top_k_keep
 
     reference_dir, out_dir = Path(reference_dir), Path(out_dir)
     if (out_dir / "lit_model.pth").exists() and not overwrite:
@@ -51,43 +50,26 @@ def build_width_child(
         raise InherituneError("--target is required: a LitGPT model name or sizes such as '{n_embd: 448, n_head: 6}'")
     if data is None:
         raise InherituneError("--data is required: calibration text, a file or directory of .jsonl/.jsonl.zst/.parquet/.txt")
-    for name, value in (("--n_sequences", n_sequences), ("--seq_len", seq_len), ("--batch_size", batch_size)):
-        if value < 1:
-            raise InherituneError(f"{name} must be at least 1, got {value}")
     config = load_reference_config(reference_dir)
     check_standard(config)
     sizes = target_sizes(config, target)
-    if seq_len > config.block_size:
-        raise InherituneError(f"--seq_len {seq_len} exceeds the reference's context of {config.block_size} tokens")
-    if not has_tokenizer(reference_dir):
-        raise InherituneError(f"{str(reference_dir)!r} has no tokenizer; calibration encodes --data with it")
+    check_sampling(config, reference_dir, data, n_sequences, seq_len, batch_size)
     layers = select_layers(select, sizes["n_layer"], config.n_layer, load_analysis(analysis))
-    corpus_files(data)
     state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
     check_weights_match_config(config, state_dict, reference_dir / "lit_model.pth")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
 
     sequences = sample_sequences(data, Tokenizer(reference_dir), n_sequences, seq_len, seed, text_key=text_key)
-    with torch.device(device):
-        model = GPT(config)
-    model.load_state_dict(state_dict)
-    if device.startswith("cuda"):
-        model = model.to(torch.bfloat16)
+    model = hooked_model(config, state_dict, device)
     scores = activation_importance(model, sequences, batch_size=batch_size)
     del model
     keep = top_k_keep(config, sizes, layers, scores["hidden"], scores["head"], scores["intermediate"])
     child, child_state = prune_state_dict(config, state_dict, keep)
-    tied = reference_ties_embeddings(state_dict)
+    record = shape_record(reference_dir, config, child, keep, sizes, reference_ties_embeddings(state_dict),
+                          method="width", select=select, analysis=None if analysis is None else str(analysis),
+                          score=METHOD, calibration={"data": str(data), "n_sequences": n_sequences, "seq_len": seq_len,
+                                                     "seed": seed})
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        write_checkpoint(tmp, child, child_state, reference_dir, layers, widths=True)
-        record = {"reference": str(reference_dir), "reference_name": config.name, "reference_blocks": config.n_layer,
-                  "method": "width", "target": sizes, "layers": layers, "select": select,
-                  "analysis": None if analysis is None else str(analysis), "score": METHOD,
-                  "calibration": {"data": str(data), "n_sequences": n_sequences, "seq_len": seq_len, "seed": seed},
-                  "parameters": parameter_count(child, tied), "reference_parameters": parameter_count(config, tied),
-                  "keep": {"hidden": keep.hidden, "groups": keep.groups, "heads": keep.heads,
-                           "intermediate": keep.intermediate}}
+        write_checkpoint(tmp, child, child_state, reference_dir, keep.layers, widths=True)
         (tmp / INHERITANCE_FILE).write_text(json.dumps(record) + "\n")
         torch.save(scores, tmp / "importance.pt")
     return child, keep

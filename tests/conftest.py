@@ -56,3 +56,14 @@ def text_dirs(tmp_path_factory) -> tuple[Path, Path]:
     from litgpt_inheritune.demo import write_pydoc_text
 
     return write_pydoc_text(tmp_path_factory.mktemp("pydoc"))
+
+
+@pytest.fixture
+def raw_text(tmp_path, text_dirs) -> Path:
+    """A private copy of the training .txt files: TextFiles runs elsewhere in the session leave a dir of token ids
+    inside text_dirs[0], which commands reading raw text (rightly) refuse."""
+    directory = tmp_path / "raw_text"
+    directory.mkdir()
+    for path in sorted(text_dirs[0].glob("*.txt")):
+        (directory / path.name).write_text(path.read_text())
+    return directory

@@ -160,10 +160,10 @@ def test_select_layers():
         select_layers("last", 3, 5)
 
 
-def test_analyze_command_on_the_real_model_and_select_from_it(smollm2_dir, text_dirs, tmp_path):
+def test_analyze_command_on_the_real_model_and_select_from_it(smollm2_dir, raw_text, tmp_path):
     """The real SmolLM2 reference on real text: files written, then a child's blocks chosen from the analysis."""
     out = tmp_path / "analysis"
-    command = [sys.executable, "-m", "litgpt", "inheritune_analyze", str(smollm2_dir), "--data", str(text_dirs[0]),
+    command = [sys.executable, "-m", "litgpt", "inheritune_analyze", str(smollm2_dir), "--data", str(raw_text),
                "--out_dir", str(out), "--n_sequences", "3", "--seq_len", "24"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

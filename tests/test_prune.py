@@ -44,9 +44,9 @@ def dead_group_reference(tmp_path, tiny_reference):
     return directory
 
 
-def test_width_child_has_the_target_shape_and_drops_a_dead_group(tmp_path, dead_group_reference, text_dirs):
+def test_width_child_has_the_target_shape_and_drops_a_dead_group(tmp_path, dead_group_reference, raw_text):
     out = tmp_path / "width"
-    child, keep = build_width_child(dead_group_reference, TARGET, text_dirs[0], out, n_sequences=4, seq_len=32,
+    child, keep = build_width_child(dead_group_reference, TARGET, raw_text, out, n_sequences=4, seq_len=32,
                                     device="cpu")
     assert all(g == [0] for g in keep.groups)  # group 1's heads are silent, so group 0 is kept in every block
     config, model = load(out)
@@ -63,18 +63,18 @@ def test_width_child_has_the_target_shape_and_drops_a_dead_group(tmp_path, dead_
     model(torch.randint(0, 100, (1, 8)))  # runs at the new shape
 
 
-def test_width_refuses_bad_input_before_work(tmp_path, tiny_reference, text_dirs):
+def test_width_refuses_bad_input_before_work(tmp_path, tiny_reference, raw_text):
     out = tmp_path / "width"
     out.mkdir()
     (out / "lit_model.pth").write_text("keep me")
     with pytest.raises(InherituneError, match="already holds"):
-        build_width_child(tiny_reference, TARGET, text_dirs[0], out)
+        build_width_child(tiny_reference, TARGET, raw_text, out)
     assert (out / "lit_model.pth").read_text() == "keep me"
     with mock.patch("litgpt_inheritune.importance.activation_importance", side_effect=AssertionError("no work")):
         with pytest.raises(InherituneError, match="from 1 to"):
-            build_width_child(tiny_reference, {"n_embd": 64}, text_dirs[0], tmp_path / "w2")
+            build_width_child(tiny_reference, {"n_embd": 64}, raw_text, tmp_path / "w2")
         with pytest.raises(InherituneError, match="head size"):
-            build_width_child(tiny_reference, "pythia-14m", text_dirs[0], tmp_path / "w2")
+            build_width_child(tiny_reference, "pythia-14m", raw_text, tmp_path / "w2")
     assert not (tmp_path / "w2").exists()
 
 
