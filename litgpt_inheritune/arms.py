@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,8 +82,11 @@ def plot_curves(rows: list[dict], path: Path, title: str, tokens_per_step: int) 
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()
-    fig.savefig(path, dpi=110)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def run_arms(
@@ -104,10 +108,15 @@ def run_arms(
     num_nodes: int = 1,
     seed: int = 42,
     compile: bool = True,
+    resume: bool | Literal["auto"] = "auto",
+    overwrite: bool = False,
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
 ) -> list[dict]:
     """``setup`` without the error conversion; returns the table's rows."""
     import litgpt.pretrain as pretrain
 
+    from litgpt_inheritune import rundir
+    from litgpt_inheritune import strategy as strategies
     from litgpt_inheritune.checkpoint import load_reference_config, write_json
     from litgpt_inheritune.distill import distillation
     from litgpt_inheritune.evaluation import val_loss
@@ -117,9 +126,20 @@ def run_arms(
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
     check_arms(arms, analysis)
     config = load_reference_config(reference_dir)
+    strategies.resolve(strategy, devices, num_nodes)  # a bad choice is refused before any work
     max_seq_length = train.max_seq_length or config.block_size
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def start() -> list[dict]:
+        """Global rank 0 alone: decide what out_dir holds (rundir's rules); the rows of earlier calls."""
+        started = (out_dir / "arms.json").is_file() or any((out_dir / arm).is_dir() for arm in ARMS)
+        decision = rundir.decide(out_dir, started, False, resume, overwrite, what="comparison of arms")
+        if decision == "overwrite":
+            rundir.remove_run(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return json.loads((out_dir / "arms.json").read_text()) if (out_dir / "arms.json").is_file() else []
+
+    earlier = rundir.rank_zero_value(out_dir, "arms", start, what="preparing the arms")
     rows = []
     for arm in arms:
         spec = ARMS[arm]
@@ -128,34 +148,40 @@ def run_arms(
                       out_dir=run_dir, precision=precision, resume="auto", data=data, train=train, eval=eval,
                       log=log or LogArgs(), optimizer=optimizer, devices=devices, num_nodes=num_nodes,
                       tokenizer_dir=None, logger_name="csv", seed=seed, compile=compile, overwrite=False,
-                      select=spec.get("select", "first"), analysis=analysis)
-        if not (run_dir / "final" / "lit_model.pth").is_file():
+                      select=spec.get("select", "first"), analysis=analysis, strategy=strategy)
+        trained = rundir.rank_zero_value(out_dir, f"arm-{arm}-trained", (run_dir / "final" / "lit_model.pth").is_file)
+        if not trained:
             print(f"Arm {arm}: {spec['what']}")
             if spec.get("kd"):
                 with distillation(pretrain, reference_dir, kd_temperature, kd_alpha, kd_quantize):
                     run(**kwargs)
             else:
                 run(**kwargs)
-        start = val_loss(run_dir / "initial", data, max_seq_length, train.micro_batch_size, eval.max_iters)
-        final = val_loss(run_dir / "final", data, max_seq_length, train.micro_batch_size, eval.max_iters)
-        curve = val_curve(run_dir)
-        best = min(curve, key=lambda p: p[1]) if curve else (None, None)
-        layers = json.loads((run_dir / "initial" / "inheritune.json").read_text())["layers"]
-        rows.append({"arm": arm, "what": spec["what"], "layers": layers, "parts": spec.get("parts"),
-                     "kd": bool(spec.get("kd")), "start_loss": start, "final_loss": final, "best_loss": best[1],
-                     "best_step": best[0], "curve": curve})
+
+        def measure(arm: str = arm, spec: dict = spec, run_dir: Path = run_dir) -> dict:
+            start = val_loss(run_dir / "initial", data, max_seq_length, train.micro_batch_size, eval.max_iters)
+            final = val_loss(run_dir / "final", data, max_seq_length, train.micro_batch_size, eval.max_iters)
+            curve = val_curve(run_dir)
+            best = min(curve, key=lambda p: p[1]) if curve else (None, None)
+            layers = json.loads((run_dir / "initial" / "inheritune.json").read_text())["layers"]
+            return {"arm": arm, "what": spec["what"], "layers": layers, "parts": spec.get("parts"),
+                    "kd": bool(spec.get("kd")), "start_loss": start, "final_loss": final, "best_loss": best[1],
+                    "best_step": best[0], "curve": curve}
+
+        # rank 0 measures; every rank gets the same row
+        rows.append(rundir.rank_zero_value(out_dir, f"arm-{arm}", measure, what=f"evaluating arm {arm}"))
     tokens_per_step = train.micro_batch_size * max_seq_length
-    if (out_dir / "arms.json").is_file():  # arms of earlier calls stay in the comparison
-        ran = {r["arm"] for r in rows}
-        rows = [r for r in json.loads((out_dir / "arms.json").read_text()) if r["arm"] not in ran] + rows
-    write_json(out_dir / "arms.json", rows)
-    (out_dir / "arms.md").write_text(
-        f"# {n_layers}-block children of {config.name} ({config.n_layer} blocks), same data and budget\n\n"
-        f"Validation loss on the data module's validation set ({eval.max_iters} batches of {train.micro_batch_size} x "
-        f"{max_seq_length} tokens); best = lowest in the run's evaluations every {eval.interval} steps.\n\n"
-        + arms_table(rows) + "\n"
-    )
-    plot_curves(rows, out_dir / "curves.png", f"{n_layers}-block children of {config.name}", tokens_per_step)
+    ran = {r["arm"] for r in rows}
+    rows = [r for r in earlier if r["arm"] not in ran] + rows  # arms of earlier calls stay in the comparison
+    if rundir.is_rank_zero():  # one writer of the comparison
+        write_json(out_dir / "arms.json", rows)
+        rundir.write_text(out_dir / "arms.md", (
+            f"# {n_layers}-block children of {config.name} ({config.n_layer} blocks), same data and budget\n\n"
+            f"Validation loss on the data module's validation set ({eval.max_iters} batches of "
+            f"{train.micro_batch_size} x {max_seq_length} tokens); best = lowest in the run's evaluations every "
+            f"{eval.interval} steps.\n\n" + arms_table(rows) + "\n"
+        ))
+        plot_curves(rows, out_dir / "curves.png", f"{n_layers}-block children of {config.name}", tokens_per_step)
     return rows
 
 
@@ -188,6 +214,9 @@ def setup(
     num_nodes: int = 1,
     seed: int = 42,
     compile: bool = True,
+    resume: bool | Literal["auto"] = "auto",
+    overwrite: bool = False,
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
 ) -> None:
     """Train Inheritune's child next to baselines and ablations of the same shape, data and budget; compare them.
 
@@ -216,6 +245,11 @@ def setup(
         num_nodes: How many nodes the code is being run on.
         seed: The random seed of every arm.
         compile: Compile the model with ``torch.compile`` as `litgpt pretrain` does.
+        resume: ``auto`` (default) keeps the arms already in ``out_dir``, skips finished ones and resumes unfinished
+            ones; ``true`` requires an earlier comparison there; ``false`` refuses one.
+        overwrite: Delete an earlier comparison in ``out_dir`` and start again.
+        strategy: For several devices: ``fsdp``, ``ddp`` or ``auto`` (FSDP on GPUs, DDP on CPUs), as for
+            `litgpt inheritune`. Only global rank 0 evaluates the arms and writes the comparison.
     """
     arguments = dict(locals())
     if arguments["n_layers"] is None:

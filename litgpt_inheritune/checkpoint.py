@@ -181,6 +181,6 @@ def write_checkpoint(
 def write_json(path: Path, value) -> None:
     """Writes ``value`` as JSON to ``path`` through a temporary file, so a reader never sees half a file."""
     path = Path(path)
-    tmp = path.with_name("." + path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(value, indent=1) + "\n")
     os.replace(tmp, path)

@@ -304,6 +304,19 @@ def _domain_losses(fabric, model, val_loader, max_iters: int, plain_validate) ->
     }
 
 
+def weights_on_every_rank(fabric, weights: dict[str, float]) -> list[list[float]]:
+    """The domain weights each process now draws with, gathered from every rank; they must be one mixture (the
+    losses behind them are reduced over ranks first), else the ranks would train on different data."""
+    import torch
+
+    values = torch.tensor([list(weights.values())], dtype=torch.float64, device=fabric.device)
+    gathered = fabric.all_gather(values).reshape(-1, len(weights)) if fabric.world_size > 1 else values
+    by_rank = gathered.cpu().tolist()
+    if any(row != by_rank[0] for row in by_rank):
+        raise RuntimeError(f"the ranks' domain weights diverged: {by_rank}; report this as a bug")
+    return by_rank
+
+
 def domain_mean(losses: dict[str, float | None]) -> float:
     """The plain mean of the domains that had validation batches (NaN if none had)."""
     known = [v for v in losses.values() if v is not None]
@@ -337,6 +350,7 @@ def dbl_hooks(pretrain_module, out_dir: Path):
         state = seen.get("state") or {}
         iter_num = int(state.get("iter_num", 0))
         weights = loader.mixture_module.after_validation(losses, iter_num)
+        by_rank = weights_on_every_rank(fabric, weights)
         metrics = {f"val_loss/{n}": v for n, v in losses.items() if v is not None}
         metrics.update({f"domain_weight/{n}": w for n, w in weights.items()})
         fabric.log_dict(metrics, step=max(iter_num - 1, 0))
@@ -345,7 +359,8 @@ def dbl_hooks(pretrain_module, out_dir: Path):
         if fabric.global_rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             with (out_dir / HISTORY_FILE).open("a") as sink:
-                sink.write(json.dumps({"iter": iter_num, "losses": losses, "weights": weights}) + "\n")
+                sink.write(json.dumps({"iter": iter_num, "losses": losses, "weights": weights,
+                                       "weights_by_rank": by_rank}) + "\n")
         return mean
 
     with mock.patch.object(pretrain_module, "validate", validate), mock.patch.object(pretrain_module, "fit", fit):

@@ -79,12 +79,14 @@ def grow(
     seed: int = 42,
     compile: bool = True,
     overwrite: bool = False,
+    resume: bool | Literal["auto"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
     _train_run=None,
     _val_loss=None,
 ) -> list[dict]:
     """``setup`` without the error conversion; returns the rows of the rounds table."""
-    import shutil
-
+    from litgpt_inheritune import rundir
+    from litgpt_inheritune import strategy as strategies
     from litgpt_inheritune import train as train_module
     from litgpt_inheritune.checkpoint import load_reference_config, write_json
     from litgpt_inheritune.evaluation import val_loss as measure
@@ -103,32 +105,44 @@ def grow(
     tokens = steps * train.global_batch_size * max_seq_length
     settings = {"reference_dir": str(reference_dir), "depths": depths, "steps": steps, "tokens": tokens,
                 "target": target, "tolerance": tolerance, "seed": seed}
-    if (out_dir / SETTINGS).is_file():
-        previous = json.loads((out_dir / SETTINGS).read_text())
-        if overwrite:
-            shutil.rmtree(out_dir)
-        elif previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise InherituneError(
-                f"{str(out_dir)!r} holds a growth run with other settings ({', '.join(changed)}); "
-                "rerun with the same arguments to resume it, --overwrite true to start again, or another --out_dir"
-            )
-    elif out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise InherituneError(f"{str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite true")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / SETTINGS, settings)
-    rows: list[dict] = json.loads((out_dir / ROUNDS).read_text()) if (out_dir / ROUNDS).is_file() else []
+    strategy_name = strategy
+    strategies.resolve(strategy_name, devices, num_nodes)  # a bad choice is refused before any work
+
+    def start() -> list[dict]:
+        """Global rank 0 alone: decide what out_dir holds (rundir's rules), write the settings, read the rows."""
+        started = (out_dir / SETTINGS).is_file()
+        if not started and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+            raise InherituneError(f"{str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite true")
+        decision = rundir.decide(out_dir, started, False, resume, overwrite, what="growth run")
+        if decision == "resume":
+            previous = json.loads((out_dir / SETTINGS).read_text())
+            if previous != settings:
+                changed = sorted(k for k in settings if previous.get(k) != settings[k])
+                raise InherituneError(
+                    f"{str(out_dir)!r} holds a growth run with other settings ({', '.join(changed)}); "
+                    "rerun with the same arguments to resume it, --overwrite true to start again, or another --out_dir"
+                )
+        if decision == "overwrite":
+            rundir.remove_run(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / SETTINGS, settings)
+        return json.loads((out_dir / ROUNDS).read_text()) if (out_dir / ROUNDS).is_file() else []
+
+    rows: list[dict] = rundir.rank_zero_value(out_dir, "grow", start, what="preparing the growth run")
 
     def loss_of(checkpoint: Path) -> float:
         return val_loss(checkpoint, data, max_seq_length, train.micro_batch_size, eval.max_iters)
 
     if target == "reference":
-        cached = out_dir / "reference_loss.json"
-        if cached.is_file():
-            target_loss = json.loads(cached.read_text())["val_loss"]
-        else:
-            target_loss = loss_of(reference_dir)
-            write_json(cached, {"val_loss": target_loss, "checkpoint": str(reference_dir)})
+        def reference_loss() -> float:
+            cached = out_dir / "reference_loss.json"
+            if cached.is_file():
+                return json.loads(cached.read_text())["val_loss"]
+            loss = loss_of(reference_dir)
+            write_json(cached, {"val_loss": loss, "checkpoint": str(reference_dir)})
+            return loss
+
+        target_loss = rundir.rank_zero_value(out_dir, "reference_loss", reference_loss, what="the reference's loss")
         print(f"Reference ({config.n_layer} blocks) validation loss: {target_loss:.4f}")
     else:
         target_loss = target
@@ -141,23 +155,30 @@ def grow(
             continue
         run_dir = out_dir / f"n{n:03d}"
         print(f"Round {len(rows) + 1}: {n} of {config.n_layer} blocks, {steps} steps ({tokens:,} tokens)")
-        if not (run_dir / "final" / "lit_model.pth").is_file():  # else it was trained but not yet evaluated
+        trained = rundir.rank_zero_value(out_dir, f"round-{n}-trained", (run_dir / "final" / "lit_model.pth").is_file)
+        if not trained:  # else it was trained but not yet evaluated
             train_run(
                 reference_dir=reference_dir, n_layers=n, layers=None, parts=None, out_dir=run_dir, precision=precision,
                 resume="auto", data=data, train=replace(train, epochs=None, max_tokens=tokens), eval=eval,
                 log=log or LogArgs(), optimizer=optimizer, devices=devices, num_nodes=num_nodes, tokenizer_dir=None,
-                logger_name=logger_name, seed=seed, compile=compile, overwrite=False,
+                logger_name=logger_name, seed=seed, compile=compile, overwrite=False, strategy=strategy_name,
             )
-        loss = loss_of(run_dir / "final")
-        rows.append({"n_layers": n, "steps": steps, "tokens": tokens, "val_loss": loss, "target_loss": target_loss,
-                     "matched": loss <= target_loss + tolerance, "checkpoint": str(run_dir / "final")})
-        write_json(out_dir / ROUNDS, rows)
-        (out_dir / "rounds.md").write_text(
-            f"# Inheritune growth from {config.name} ({config.n_layer} blocks)\n\nEach round inherits the first n blocks "
-            f"of the reference afresh and trains {steps} steps; target: "
-            f"{'the reference' if target == 'reference' else 'given'} validation loss {target_loss:.4f}"
-            f" (+ tolerance {tolerance}).\n\n{rounds_table(rows)}\n"
-        )
+
+        def evaluate(n: int = n, run_dir: Path = run_dir) -> list[dict]:
+            loss = loss_of(run_dir / "final")
+            new = rows + [{"n_layers": n, "steps": steps, "tokens": tokens, "val_loss": loss, "target_loss": target_loss,
+                           "matched": loss <= target_loss + tolerance, "checkpoint": str(run_dir / "final")}]
+            write_json(out_dir / ROUNDS, new)
+            rundir.write_text(out_dir / "rounds.md", (
+                f"# Inheritune growth from {config.name} ({config.n_layer} blocks)\n\nEach round inherits the first n "
+                f"blocks of the reference afresh and trains {steps} steps; target: "
+                f"{'the reference' if target == 'reference' else 'given'} validation loss {target_loss:.4f}"
+                f" (+ tolerance {tolerance}).\n\n{rounds_table(new)}\n"
+            ))
+            return new
+
+        # rank 0 measures and writes; every rank goes on with the same rows (the same next round or the same stop)
+        rows = rundir.rank_zero_value(out_dir, f"round-{n}", evaluate, what=f"evaluating round {n}")
         print(rounds_table(rows))
     return rows
 
@@ -194,6 +215,8 @@ def setup(
     seed: int = 42,
     compile: bool = True,
     overwrite: bool = False,
+    resume: bool | Literal["auto"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
 ) -> None:
     """Inheritune v2: train children of growing depth until one matches the reference's validation loss.
 
@@ -224,6 +247,10 @@ def setup(
         seed: The random seed of every round.
         compile: Compile the model with ``torch.compile`` as `litgpt pretrain` does.
         overwrite: Delete an existing growth run in ``out_dir`` and start again.
+        resume: ``auto`` (default) continues a growth run in ``out_dir`` started with the same settings, at its
+            unfinished round; ``true`` requires one; ``false`` refuses an existing run.
+        strategy: For several devices: ``fsdp``, ``ddp`` or ``auto`` (FSDP on GPUs, DDP on CPUs), as for
+            `litgpt inheritune`. Only global rank 0 writes the table and evaluates the rounds.
     """
     arguments = dict(locals())
     try:

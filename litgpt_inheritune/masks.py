@@ -259,6 +259,8 @@ class PrunableGPT(nn.Module):
         self.config = gpt.config
         self.generator = None  # set per step for samples that do not depend on where a run was resumed
         self._values = None
+        self.stats: dict = {}
+        self.expected_kept: dict = {}
 
     @property
     def max_seq_length(self) -> int:
@@ -268,11 +270,19 @@ class PrunableGPT(nn.Module):
     def max_seq_length(self, value: int) -> None:
         self.gpt.max_seq_length = value
 
-    def forward(self, idx: torch.Tensor, **kwargs):
+    def forward(self, idx: torch.Tensor, lagrangian: tuple[int, int] | None = None, **kwargs):
+        """Logits; with ``lagrangian=(step, warmup_steps)`` also the masks' constraint term (``PruningMasks.
+        lagrangian``), computed here because FSDP holds the mask parameters whole only inside forward; its
+        statistics and the expected kept sizes are left in ``stats`` and ``expected_kept``."""
         z = self.masks.sample(self.generator) if self.training else self.masks.deterministic()
         self._values = self.masks.full(z)
         with masked(self.gpt, lambda: self._values):
-            return self.gpt(idx, **kwargs)
+            logits = self.gpt(idx, **kwargs)
+        if lagrangian is None:
+            return logits
+        constraint, self.stats = self.masks.lagrangian(*lagrangian)
+        self.expected_kept = self.masks.expected_sizes()
+        return logits, constraint
 
 
 def extraction(masks: PruningMasks, reference_config) -> tuple:

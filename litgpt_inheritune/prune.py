@@ -50,10 +50,9 @@ def prune(
     seed: int = 42,
     resume: bool | Literal["auto"] = "auto",
     overwrite: bool = False,
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
 ) -> Path:
     """``setup`` without the error conversion; returns the extracted checkpoint dir."""
-    import shutil
-
     import lightning as L
     import torch
     from litgpt import GPT, Tokenizer
@@ -61,10 +60,13 @@ def prune(
     from litgpt.pretrain import get_lr, validate
     from litgpt.utils import CycleIterator, chunked_cross_entropy
 
+    from litgpt_inheritune import rundir
+    from litgpt_inheritune import strategy as strategies
     from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
                                               load_reference_config, load_state_dict_lazily, write_checkpoint,
                                               write_json)
-    from litgpt_inheritune.data_mixture import DomainMixture, _domain_losses, domain_mean, unwrap
+    from litgpt_inheritune.data_mixture import (DomainMixture, _domain_losses, domain_mean, unwrap,
+                                                weights_on_every_rank)
     from litgpt_inheritune.inherit import reference_ties_embeddings
     from litgpt_inheritune.init import INHERITANCE_FILE
     from litgpt_inheritune.masks import PrunableGPT, PruningMasks, check_prunable, extraction
@@ -92,34 +94,31 @@ def prune(
                 "lr": lr, "mask_lr": mask_lr, "lambda_lr": lambda_lr, "weight_decay": weight_decay, "seed": seed,
                 "train": asdict(train), "data": type(data).__name__}
     settings = json.loads(json.dumps(settings, default=str))  # as prune.json holds it
-    if (out_dir / FINAL / "lit_model.pth").is_file() and not overwrite:
-        raise InherituneError(f"{str(out_dir)!r} holds a finished pruning run; pass --overwrite true or choose another --out_dir")
-    resuming = state_path.is_file() and bool(resume) and not overwrite
-    if resume is True and not state_path.is_file():
-        raise InherituneError(f"--resume true but {str(out_dir)!r} holds no pruning state; drop --resume")
-    if state_path.is_file() and not resuming and not overwrite:
-        raise InherituneError(f"{str(out_dir)!r} holds an interrupted pruning run; pass --resume auto or --overwrite true")
-    if resuming:
-        before = json.loads((out_dir / "prune.json").read_text())
-        if before != settings:
+    resolved = strategies.resolve(strategy, devices, num_nodes)
+    def start() -> str:
+        """Global rank 0 alone: decide what out_dir holds (rundir's rules), check, then write the settings."""
+        finished = (out_dir / FINAL / "lit_model.pth").is_file()
+        if finished and not overwrite:  # nothing left to resume
+            raise InherituneError(f"{str(out_dir)!r} holds a finished pruning run; pass --overwrite true or choose "
+                                  "another --out_dir")
+        decision = rundir.decide(out_dir, state_path.is_file(), finished, resume, overwrite, what="pruning run")
+        if decision == "resume" and json.loads((out_dir / "prune.json").read_text()) != settings:
             raise InherituneError(f"{str(out_dir)!r} was started with other settings (see prune.json); resume with those")
-    state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
-    check_weights_match_config(config, state_dict, reference_dir / "lit_model.pth")
-
-    strategy = "auto"
-    if devices not in (1, "1") or num_nodes > 1:
-        from lightning.fabric.strategies import FSDPStrategy
-
-        strategy = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", sharding_strategy="HYBRID_SHARD")
-    fabric = L.Fabric(devices=devices, num_nodes=num_nodes, strategy=strategy, precision=precision)
-    fabric.launch()
-    fabric.seed_everything(seed)
-    if fabric.global_rank == 0:
-        if overwrite and out_dir.exists():
-            shutil.rmtree(out_dir)
+        check_weights_match_config(config, load_state_dict_lazily(reference_dir / "lit_model.pth"),
+                                   reference_dir / "lit_model.pth")
+        if decision == "overwrite":
+            rundir.remove_run(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "prune.json", settings)
-    fabric.barrier()
+        return decision
+
+    resuming = rundir.rank_zero_value(out_dir, "prune", start, what="preparing the pruning run") == "resume"
+    state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
+
+    fabric = L.Fabric(devices=devices, num_nodes=num_nodes, strategy=strategies.fabric_strategy(resolved, {Block}),
+                      precision=precision)
+    fabric.launch()
+    fabric.seed_everything(seed)
 
     seq = train.max_seq_length or config.block_size
     accumulate = train.gradient_accumulation_iters(fabric.world_size)
@@ -153,6 +152,7 @@ def prune(
         fabric.print(f"Resuming pruning at step {state['step']} from {state_path}")
     prunable = model.module if hasattr(model, "module") else model
     masks = prunable.masks
+    # weights outside forward: under FSDP only this rank's shard of them
 
     def evaluate(step: int) -> dict:
         """Validation of the target-shaped model (deterministic masks); per domain for a ``DomainMixture``, whose
@@ -161,8 +161,9 @@ def prune(
         if not hasattr(loader, "domain_loaders"):
             return {"step": step, "val_loss": float(validate(fabric, model, val_loader, eval.max_iters, verbose=False))}
         losses = _domain_losses(fabric, model, loader, eval.max_iters, validate)
-        return {"step": step, "val_loss": domain_mean(losses), "domain_losses": losses,
-                "domain_weights": data.after_validation(losses, step)}
+        weights = data.after_validation(losses, step)
+        return {"step": step, "val_loss": domain_mean(losses), "domain_losses": losses, "domain_weights": weights,
+                "domain_weights_by_rank": weights_on_every_rank(fabric, weights)}
 
     def log(record: dict) -> None:
         if fabric.global_rank == 0:
@@ -193,23 +194,24 @@ def prune(
             # mask samples seeded by (seed, rank, step, micro-batch): a resumed run draws what it would have drawn
             prunable.generator = torch.Generator(fabric.device).manual_seed(
                 hash((seed, fabric.global_rank, step, micro)) % 2**63)
-            with fabric.no_backward_sync(model, enabled=micro < accumulate - 1):
-                logits = model(input_ids)
-                loss = chunked_cross_entropy(logits, targets)
-                fabric.backward(loss / accumulate)
+            last = micro == accumulate - 1
+            with fabric.no_backward_sync(model, enabled=not last):
+                if last:  # the constraint is computed inside forward, where FSDP holds the masks unsharded
+                    logits, constraint = model(input_ids, lagrangian=(step, warmup))
+                    loss = chunked_cross_entropy(logits, targets)
+                    fabric.backward(loss / accumulate + constraint)
+                else:
+                    loss = chunked_cross_entropy(model(input_ids), targets)
+                    fabric.backward(loss / accumulate)
             lm_loss += float(loss.detach()) / accumulate
-        constraint, stats = masks.lagrangian(step, warmup)
-        fabric.backward(constraint)
-        if fabric.world_size == 1:
-            torch.nn.utils.clip_grad_norm_(weights, train.max_norm)
-        else:  # FSDP shards the gradients: Fabric clips over all parameters together
-            fabric.clip_gradients(model, optimizer, max_norm=train.max_norm)
+        stats = prunable.stats
+        clip_weights(fabric, model, optimizer, weights, train.max_norm, sharded=resolved == "fsdp")
         optimizer.step()
         optimizer.zero_grad()
         masks.clamp_()
         state["step"] = step + 1
         record = {"step": step + 1, "loss": lm_loss, "lagrangian": float(constraint.detach()), "masks": stats,
-                  "expected_kept": masks.expected_sizes(), "lr": optimizer.param_groups[0]["lr"]}
+                  "expected_kept": prunable.expected_kept, "lr": optimizer.param_groups[0]["lr"]}
         if (step + 1) % eval.interval == 0 or step + 1 == steps:
             record.update(evaluate(step + 1))
         if (step + 1) % train.log_interval == 0 or "val_loss" in record:
@@ -223,6 +225,12 @@ def prune(
         if train.save_interval and (step + 1) % train.save_interval == 0 and step + 1 < steps:
             save()
     save()
+    if resolved != "fsdp":  # every process holds the whole model: they must hold the same one
+        digests = fabric.all_gather(torch.tensor([state_digest(prunable.state_dict())], device=fabric.device))
+        digests = [int(d) for d in digests.flatten().tolist()]
+        log({"step": steps, "rank_digests": digests})
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"the ranks' models diverged (digests {digests}); report this as a bug")
 
     # Extract exactly the target shape, with the surviving mask values folded into the weights, from the full
     # (consolidated) state just saved, so one path serves one device and FSDP alike.
@@ -240,6 +248,39 @@ def prune(
             (tmp / INHERITANCE_FILE).write_text(json.dumps(record) + "\n")
     fabric.barrier()
     return out_dir / FINAL
+
+
+def clip_weights(fabric, model, optimizer, weights: list, max_norm: float, sharded: bool) -> None:
+    """Clips the gradient norm of the model's weights only (not the masks' log-alphas nor the multipliers), the
+    same on one device, under DDP (whole gradients) and under FSDP (sharded: the other gradients are set aside,
+    zeroed for FSDP's clipping over every parameter, then put back)."""
+    import torch
+
+    if not sharded:
+        torch.nn.utils.clip_grad_norm_(weights, max_norm)
+        return
+    ids = {id(p) for p in weights}
+    others = [p for p in model.parameters() if id(p) not in ids and p.grad is not None]
+    kept = [p.grad.detach().clone() for p in others]
+    for p in others:
+        p.grad.detach().zero_()
+    fabric.clip_gradients(model, optimizer, max_norm=max_norm)
+    for p, grad in zip(others, kept):
+        p.grad.detach().copy_(grad)
+
+
+def state_digest(state_dict) -> int:
+    """A 56-bit digest of a state dict's names, shapes and bytes (equal models, equal digests)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return int.from_bytes(h.digest()[:7], "big")
 
 
 def setup(
@@ -270,6 +311,7 @@ def setup(
     seed: int = 42,
     resume: bool | Literal["auto"] = "auto",
     overwrite: bool = False,
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
 ) -> None:
     """Targeted structured pruning (Sheared-LLaMA): learn which blocks, query groups, heads, MLP and embedding
     channels to keep for an exact target shape, then write that child as a LitGPT checkpoint in ``out_dir/final``.
@@ -299,17 +341,19 @@ def setup(
         lambda_lr: Learning rate of the Lagrange multipliers, which follow gradient ascent (Sheared-LLaMA: 1.0).
         weight_decay: Weight decay of the model's weights.
         precision: The precision to train in.
-        devices: How many devices/GPUs to use; several shard the model with FSDP.
+        devices: How many devices/GPUs to use (see ``strategy``).
         num_nodes: How many nodes the code is being run on.
         seed: The random seed (mask samples, data order).
         resume: ``auto`` continues an interrupted run in ``out_dir`` with the same settings; ``True`` requires one.
         overwrite: Delete a finished or interrupted run in ``out_dir`` and start again.
+        strategy: For several devices: ``fsdp`` (shards the model), ``ddp`` (a whole copy per device; the only one on
+            CPUs) or ``auto`` (FSDP on GPUs, DDP on CPUs). Only global rank 0 writes files.
     """
     try:
         final = prune(reference_dir=reference_dir, target=target, data=data, out_dir=out_dir, steps=steps, train=train,
                       eval=eval, lagrangian_warmup_steps=lagrangian_warmup_steps, lr=lr, mask_lr=mask_lr,
                       lambda_lr=lambda_lr, weight_decay=weight_decay, precision=precision, devices=devices,
-                      num_nodes=num_nodes, seed=seed, resume=resume, overwrite=overwrite)
+                      num_nodes=num_nodes, seed=seed, resume=resume, overwrite=overwrite, strategy=strategy)
     except InherituneError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"Wrote the pruned child to {str(final)!r}")

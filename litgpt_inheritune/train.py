@@ -25,7 +25,7 @@ from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
 from litgpt_inheritune.data_mixture import DomainMixture, dbl_hooks, measure_reference_losses
-from litgpt_inheritune import speed
+from litgpt_inheritune import rundir, speed, strategy
 
 INITIAL = "initial"  # out_dir/initial holds the inherited, untrained child
 
@@ -66,6 +66,7 @@ def setup(
     select: Literal["first", "even", "block_influence", "angular_distance"] = "first",
     analysis: Path | None = None,
     speed: str = "none",
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
 ) -> None:
     """Inheritune: give a child the first blocks of a reference model, then pretrain it with LitGPT.
 
@@ -90,7 +91,7 @@ def setup(
         eval: Evaluation arguments, as for `litgpt pretrain`.
         log: Logging arguments, as for `litgpt pretrain`.
         optimizer: An optimizer name (such as "AdamW") or config.
-        devices: How many devices/GPUs to use. Several devices train with LitGPT's FSDP.
+        devices: How many devices/GPUs to use (see ``strategy``).
         num_nodes: How many nodes the code is being run on.
         tokenizer_dir: The tokenizer to prepare data with (default: the reference's). Must match its vocabulary.
         logger_name: The name of the logger to send metrics to.
@@ -103,6 +104,9 @@ def setup(
         speed: Options around LitGPT's loop (``litgpt_inheritune.speed``), e.g. ``fused_ce,checkpoint``: ``fused_ce``
             (chunked LM head + cross-entropy, same loss and gradients), ``checkpoint`` (activation checkpointing
             per block, for small GPUs), ``cudnn_attention``; ``default``, ``all`` or ``none``.
+        strategy: For several devices: ``fsdp`` (LitGPT's choice: shards the child), ``ddp`` (a whole copy per
+            device: faster when the child fits; the only one on CPUs) or ``auto`` (FSDP on GPUs, DDP on CPUs).
+            Only global rank 0 writes files; see ``litgpt_inheritune.rundir``.
     """
     arguments = dict(locals())
     try:
@@ -114,6 +118,7 @@ def setup(
 def run(**arguments: Any) -> Path:
     """``setup`` without the error conversion: raises ``InherituneError``. Returns the final checkpoint dir."""
     import litgpt.pretrain as pretrain
+    from litgpt import Config
 
     from litgpt_inheritune.checkpoint import has_tokenizer
     from litgpt_inheritune.init import build_child, plan_child
@@ -143,64 +148,68 @@ def run(**arguments: Any) -> Path:
     if train.max_norm is None:
         raise InherituneError("--train.max_norm is required by litgpt pretrain's loop, e.g. --train.max_norm 1.0")
     resume = a.resume
-    initial = out_dir / INITIAL
-    finished = (out_dir / "final" / "lit_model.pth").is_file()
-    started = initial.is_dir() or any(out_dir.glob("step-*/lit_model.pth"))
-    resuming = bool(resume) and (isinstance(resume, Path) or initial.is_dir())
-    if resume is True and not initial.is_dir():
-        raise InherituneError(f"--resume true but {str(out_dir)!r} holds no run to resume; drop --resume")
     if isinstance(resume, Path) and not Path(resume).is_file():
         raise InherituneError(f"--resume {str(resume)!r} is not a checkpoint file; give a step-*/lit_model.pth")
-    if (finished or started) and not resuming and not a.overwrite:
-        what = "a finished run" if finished else "an interrupted run"
-        raise InherituneError(
-            f"{str(out_dir)!r} holds {what}; pass --resume true to continue it, --overwrite true to start again, "
-            "or choose another --out_dir"
-        )
+    resolved = strategy.resolve(a.strategy, a.devices, a.num_nodes)
+    initial = out_dir / INITIAL
 
-    t0 = time.perf_counter()
-    if resuming:
-        from litgpt import Config
-
-        child = Config.from_file(initial / "model_config.yaml")
+    def start() -> dict:
+        """Global rank 0 alone: decide what out_dir holds, build the child, count the budget (see rundir)."""
+        finished = (out_dir / "final" / "lit_model.pth").is_file()
+        started = initial.is_dir() or any(out_dir.glob("step-*/lit_model.pth"))
+        decision = rundir.decide(out_dir, started, finished, resume, a.overwrite)
+        t0 = time.perf_counter()
         plan = plan_child(a.reference_dir, a.n_layers, a.layers, a.parts, a.tokenizer_dir, a.select, a.analysis)
-        if child.n_layer != len(plan.layers):
-            raise InherituneError(
-                f"{str(initial)!r} holds a {child.n_layer}-block child but you asked for {len(plan.layers)} blocks; "
-                "resume with the arguments of the original run"
-            )
-    else:
-        plan = plan_child(a.reference_dir, a.n_layers, a.layers, a.parts, a.tokenizer_dir, a.select, a.analysis)
-        if not has_tokenizer(a.tokenizer_dir or a.reference_dir):
+        if decision == "resume" and not initial.is_dir():
+            raise InherituneError(f"{str(out_dir)!r} has no {INITIAL}/ to resume from; pass --overwrite true to start again")
+        if decision == "resume":
+            child = Config.from_file(initial / "model_config.yaml")
+            if child.n_layer != len(plan.layers):
+                raise InherituneError(
+                    f"{str(initial)!r} holds a {child.n_layer}-block child but you asked for {len(plan.layers)} "
+                    "blocks; resume with the arguments of the original run"
+                )
+        elif not has_tokenizer(a.tokenizer_dir or a.reference_dir):
             raise InherituneError(f"{str(a.reference_dir)!r} has no tokenizer; pass --tokenizer_dir")
-        if a.overwrite and out_dir.exists() and _is_rank_zero():
-            shutil.rmtree(out_dir)
-        if _is_rank_zero():
-            child = build_child(plan, initial, seed=a.seed, overwrite=False)
-        else:
-            child = _wait_for_child(initial)
-    print(f"Inherited blocks {plan.layers} ({list(plan.parts)}) of {plan.config.name} in {time.perf_counter() - t0:.1f} s")
+        max_seq_length = train.max_seq_length or plan.config.block_size
+        per_epoch = None
+        if train.epochs is not None:  # counted before the child is written: bad data leaves out_dir untouched
+            per_epoch = tokens_per_epoch(a.data, a.tokenizer_dir or a.reference_dir, train.micro_batch_size,
+                                         max_seq_length)
+        if decision == "overwrite":
+            rundir.remove_run(out_dir)
+        if decision != "resume":
+            build_child(plan, initial, seed=a.seed, overwrite=False)
+        print(f"Inherited blocks {plan.layers} ({list(plan.parts)}) of {plan.config.name} in "
+              f"{time.perf_counter() - t0:.1f} s")
+        has_step = isinstance(resume, Path) or any(out_dir.glob("step-*/lit_model.pth"))
+        reference_losses = None
+        if isinstance(a.data, DomainMixture) and a.data.dynamic and a.data.reference_losses is None and not has_step:
+            # Dynamic batch loading aims each domain at the reference's own loss there (a resumed run reads them
+            # back from its checkpoint instead).
+            from litgpt import Tokenizer
 
-    tie = train.tie_embeddings
-    if tie is None:  # the child keeps the reference's architecture: tied if the reference ties, inherited or not
-        tie = reference_ties_embeddings(plan.state_dict)
+            a.data.connect(Tokenizer(initial), batch_size=train.micro_batch_size, max_seq_length=max_seq_length)
+            reference_losses = measure_reference_losses(a.reference_dir, a.data, a.eval.max_iters, max_seq_length)
+            print("Reference losses per domain: " + ", ".join(f"{k} {v:.3f}" for k, v in reference_losses.items()))
+        tie = train.tie_embeddings
+        if tie is None:  # the child keeps the reference's architecture: tied if the reference ties, inherited or not
+            tie = reference_ties_embeddings(plan.state_dict)
+        return {"decision": decision, "per_epoch": per_epoch, "has_step": has_step, "tie": bool(tie),
+                "reference_losses": reference_losses}
+
+    prepared = rundir.rank_zero_value(out_dir, "inheritune", start, what="preparing the run")
+    child = Config.from_file(initial / "model_config.yaml")
+    if prepared["reference_losses"] is not None:
+        a.data.reference_losses = prepared["reference_losses"]
+    resuming, has_step = prepared["decision"] == "resume", prepared["has_step"]
     max_seq_length = train.max_seq_length or child.block_size
     max_tokens = train.max_tokens
     if train.epochs is not None:
-        per_epoch = tokens_per_epoch(a.data, initial, train.micro_batch_size, max_seq_length)
-        max_tokens = train.epochs * per_epoch
-        print(f"{train.epochs} epochs of {per_epoch:,} tokens: --train.max_tokens {max_tokens:,}")
-    pretrain_train = replace(train, epochs=None, max_tokens=max_tokens, tie_embeddings=tie)
+        max_tokens = train.epochs * prepared["per_epoch"]
+        print(f"{train.epochs} epochs of {prepared['per_epoch']:,} tokens: --train.max_tokens {max_tokens:,}")
+    pretrain_train = replace(train, epochs=None, max_tokens=max_tokens, tie_embeddings=prepared["tie"])
 
-    has_step = isinstance(resume, Path) or any(out_dir.glob("step-*/lit_model.pth"))
-    if isinstance(a.data, DomainMixture) and a.data.dynamic and a.data.reference_losses is None and not has_step:
-        # Dynamic batch loading aims each domain at the reference's own loss there (a resumed run reads them
-        # back from its checkpoint instead).
-        from litgpt import Tokenizer
-
-        a.data.connect(Tokenizer(initial), batch_size=train.micro_batch_size, max_seq_length=max_seq_length)
-        a.data.reference_losses = measure_reference_losses(a.reference_dir, a.data, a.eval.max_iters, max_seq_length)
-        print("Reference losses per domain: " + ", ".join(f"{k} {v:.3f}" for k, v in a.data.reference_losses.items()))
     hyperparameters = hyperparameters_dict(arguments)
     from_initial = not (resuming and has_step)  # resuming before the first checkpoint restarts from initial
     with ExitStack() as stack:
@@ -213,6 +222,7 @@ def run(**arguments: Any) -> Path:
             stack.enter_context(mock.patch("torch.compile", lambda model, *args, **kwargs: model))
         stack.enter_context(dbl_hooks(pretrain, out_dir))  # per-domain validation of a DomainMixture
         stack.enter_context(speed.apply(speed_options))
+        stack.enter_context(strategy.use_strategy(pretrain, resolved))
         pretrain.setup(
             model_name=child.name,
             model_config=child,
@@ -237,7 +247,7 @@ def run(**arguments: Any) -> Path:
 class _Args:
     def __init__(self, arguments: dict) -> None:
         # arguments added later have defaults for direct callers of run
-        self.select, self.analysis, self.speed = "first", None, "none"
+        self.select, self.analysis, self.speed, self.strategy = "first", None, "none", "auto"
         self.__dict__.update(arguments)
         self.reference_dir = Path(self.reference_dir)
         if self.tokenizer_dir is not None:
@@ -262,22 +272,6 @@ def tokens_per_epoch(data: DataModule, tokenizer_dir: Path, micro_batch_size: in
     if samples == 0:
         raise InherituneError(f"{type(data).__name__}'s train set is empty; check the data path")
     return samples * max_seq_length
-
-
-def _is_rank_zero() -> bool:
-    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
-
-
-def _wait_for_child(initial: Path, timeout: float = 3600.0):
-    """Processes other than rank 0 use the child rank 0 writes (it is renamed into place when complete)."""
-    from litgpt import Config
-
-    deadline = time.monotonic() + timeout
-    while not (initial / "model_config.yaml").is_file():
-        if time.monotonic() > deadline:
-            raise InherituneError(f"rank 0 did not write {str(initial)!r} within {timeout:.0f} s")
-        time.sleep(1.0)
-    return Config.from_file(initial / "model_config.yaml")
 
 
 def _plain(value: Any) -> Any:
