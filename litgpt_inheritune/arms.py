@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,7 +121,7 @@ def run_arms(
     from litgpt_inheritune.checkpoint import load_reference_config, write_json
     from litgpt_inheritune.distill import distillation
     from litgpt_inheritune.evaluation import val_loss
-    from litgpt_inheritune.train import run
+    from litgpt_inheritune.train import run, tokens_per_epoch
 
     if data is None:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
@@ -130,16 +131,25 @@ def run_arms(
     max_seq_length = train.max_seq_length or config.block_size
     out_dir = Path(out_dir)
 
-    def start() -> list[dict]:
-        """Global rank 0 alone: decide what out_dir holds (rundir's rules); the rows of earlier calls."""
+    def start() -> dict:
+        """Global rank 0 alone: decide what out_dir holds (rundir's rules); the rows of earlier calls; the shared
+        budget in tokens, counted once, before any arm starts processes."""
         started = (out_dir / "arms.json").is_file() or any((out_dir / arm).is_dir() for arm in ARMS)
         decision = rundir.decide(out_dir, started, False, resume, overwrite, what="comparison of arms")
+        max_tokens = train.max_tokens
+        if train.epochs is not None and train.max_tokens is None:
+            max_tokens = train.epochs * tokens_per_epoch(data, reference_dir, train.micro_batch_size, max_seq_length)
         if decision == "overwrite":
             rundir.remove_run(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return json.loads((out_dir / "arms.json").read_text()) if (out_dir / "arms.json").is_file() else []
+        earlier = json.loads((out_dir / "arms.json").read_text()) if (out_dir / "arms.json").is_file() else []
+        return {"earlier": earlier, "max_tokens": max_tokens}
 
-    earlier = rundir.rank_zero_value(out_dir, "arms", start, what="preparing the arms")
+    prepared = rundir.rank_zero_value(out_dir, "arms", start, what="preparing the arms")
+    earlier = prepared["earlier"]
+    if train.epochs is not None and train.max_tokens is None:  # every arm gets the same budget, in tokens
+        print(f"{train.epochs} epochs: --train.max_tokens {prepared['max_tokens']:,} for every arm")
+        train = replace(train, epochs=None, max_tokens=prepared["max_tokens"])
     rows = []
     for arm in arms:
         spec = ARMS[arm]

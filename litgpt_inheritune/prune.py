@@ -225,7 +225,7 @@ def prune(
         if train.save_interval and (step + 1) % train.save_interval == 0 and step + 1 < steps:
             save()
     save()
-    if resolved != "fsdp":  # every process holds the whole model: they must hold the same one
+    if resolved == "ddp":  # every process holds the whole model: they must hold the same one
         digests = fabric.all_gather(torch.tensor([state_digest(prunable.state_dict())], device=fabric.device))
         digests = [int(d) for d in digests.flatten().tolist()]
         log({"step": steps, "rank_digests": digests})

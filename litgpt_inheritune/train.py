@@ -271,6 +271,10 @@ def tokens_per_epoch(data: DataModule, tokenizer_dir: Path, micro_batch_size: in
         ) from None
     if samples == 0:
         raise InherituneError(f"{type(data).__name__}'s train set is empty; check the data path")
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # litdata counts this process's share once ranks exist
+        samples *= dist.get_world_size()
     return samples * max_seq_length
 
 

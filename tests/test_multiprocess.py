@@ -1,0 +1,240 @@
+"""Several processes, for real: the `litgpt` CLI in a subprocess with `--devices 2 --strategy ddp` on CPU (gloo),
+started by Lightning's own subprocess launcher or by torchrun, on a 2-block child of the tiny reference.
+
+The train text holds exactly 8 samples and a step's global batch is 8, so every step sees the whole set whatever
+the number of processes: one process and two must then train the same weights (sharding without overlap,
+accumulation, gradient averaging), and a killed run resumed must end where an uninterrupted one ends.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_data_mixture import write_stream
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 24
+COMMON = [
+    "--n_layers", "2", "--data", "TextFiles", "--data.num_workers", "0",
+    "--train.epochs", "null", "--train.max_tokens", str(STEPS * 8 * 32), "--train.global_batch_size", "8",
+    "--train.micro_batch_size", "4", "--train.max_seq_length", "32", "--train.save_interval", "4",
+    # a constant learning rate: LitGPT's schedule counts micro-batches, which differ between 1 and 2 processes
+    "--train.lr_warmup_steps", "0", "--train.min_lr", "0.0003",
+    "--eval.interval", "1000", "--eval.max_iters", "2", "--eval.initial_validation", "false",
+    "--eval.final_validation", "false", "--precision", "32-true", "--compile", "false", "--logger_name", "csv",
+]
+
+
+def environment(tmp_path: Path) -> dict:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    return {
+        **os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),  # the tree under test
+        "DATA_OPTIMIZER_CACHE_FOLDER": str(scratch / "chunks"),  # litdata's staging, private to this test
+        "DATA_OPTIMIZER_DATA_CACHE_FOLDER": str(scratch / "data"),
+        "TMPDIR": str(scratch),  # fabric.save's temp file on the run's filesystem: its move is a rename
+        "INHERITUNE_RANK_TIMEOUT": "300",
+    }
+
+
+def litgpt(args: list, env: dict, cwd: Path, launcher: list | None = None) -> str:
+    command = (launcher or [shutil.which("litgpt")]) + [str(a) for a in args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def torchrun() -> list:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+            shutil.which("litgpt")]
+
+
+def weights(run_dir: Path, name: str = "final") -> dict:
+    return torch.load(run_dir / name / "lit_model.pth", weights_only=False)
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol)
+
+
+@pytest.fixture
+def eight_samples(tmp_path, tiny_reference, text_dirs) -> tuple[Path, Path]:
+    """A train dir whose one text tokenizes to exactly 8 samples of 33 tokens (TextFiles' item), and a val dir."""
+    from litgpt import Tokenizer
+
+    tokenizer = Tokenizer(tiny_reference)
+    words = sorted(text_dirs[0].glob("*.txt"))[0].read_text().split()
+    for n in range(1, len(words)):
+        if len(tokenizer.encode(" ".join(words[:n]), bos=True)) >= 8 * 33:
+            break
+    text = " ".join(words[:n])
+    assert 8 * 33 <= len(tokenizer.encode(text, bos=True)) < 9 * 33
+    train, val = tmp_path / "train", tmp_path / "val"
+    train.mkdir(), val.mkdir()
+    (train / "one.txt").write_text(text)
+    for path in sorted(text_dirs[1].glob("*.txt")):
+        (val / path.name).write_text(path.read_text())
+    return train, val
+
+
+def test_two_processes_train_as_one_resume_after_kill_and_overwrite(tmp_path, tiny_reference, eight_samples):
+    env = environment(tmp_path)
+    data = ["--data.train_data_path", eight_samples[0], "--data.val_data_path", eight_samples[1]]
+    args = ["inheritune", tiny_reference, *COMMON, *data]
+    run = tmp_path / "run"
+
+    # A fresh run: rank 1 is a re-execution of the whole command after rank 0 wrote out_dir/initial; it joins.
+    output = litgpt(args + ["--devices", 2, "--strategy", "ddp", "--out_dir", run], env, tmp_path)
+    assert "MEMBER: 2/2" in output and "interrupted run" not in output
+    two = weights(run)
+    assert two["iter_num"] == STEPS and two["step_count"] == STEPS
+
+    # One process with the same global batch (two micro-batches accumulated) trains the same weights.
+    litgpt(args + ["--devices", 1, "--out_dir", tmp_path / "one"], env, tmp_path)
+    one = weights(tmp_path / "one")
+    assert_same_weights(one["model"], two["model"], atol=1e-5)
+    moved = max((two["model"][k] - v).abs().max() for k, v in torch.load(run / "initial" / "lit_model.pth").items())
+    assert moved > 100 * 1e-5  # the comparison is far finer than what training changed
+
+    # --overwrite true on the finished run, killed (the whole process group, kill -9) in the middle.
+    initial_before = (run / "initial" / "lit_model.pth").stat().st_mtime_ns
+    process = subprocess.Popen([shutil.which("litgpt"), *map(str, args), "--devices", "2", "--strategy", "ddp",
+                                "--out_dir", str(run), "--overwrite", "true"], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not ((run / "step-00000004" / "lit_model.pth").is_file() and not (run / "final").exists()):
+        assert process.poll() is None and time.monotonic() < deadline, "the overwriting run ended before the kill"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(0.5)  # let the killed ranks' files settle
+    assert not (run / "final").exists(), "killed too late: the run had finished"
+    assert (run / "initial" / "lit_model.pth").stat().st_mtime_ns != initial_before  # rebuilt by --overwrite
+    initial_after = (run / "initial" / "lit_model.pth").stat().st_mtime_ns
+
+    # --resume true, this time launched by torchrun (every rank starts at once), ends with the uninterrupted weights.
+    output = litgpt(args + ["--devices", 2, "--strategy", "ddp", "--out_dir", run, "--resume", "true"], env, tmp_path,
+                    launcher=torchrun())
+    assert "interrupted run" not in output
+    resumed = weights(run)
+    assert resumed["iter_num"] == STEPS
+    assert_same_weights(resumed["model"], two["model"], atol=1e-6)
+    assert (run / "initial" / "lit_model.pth").stat().st_mtime_ns == initial_after  # nothing inherited again
+    assert not list(run.parent.glob(".run.*")) and not list(run.glob("**/.*.tmp*"))  # no staging debris
+
+
+def test_domain_weights_are_one_mixture_on_every_rank(tmp_path, tiny_reference, smollm2_dir):
+    """Dynamic batch loading under two processes: reference losses measured once (rank 0), per-domain losses
+    reduced over ranks, and after every evaluation both ranks draw with the same weights."""
+    from litgpt import Tokenizer
+    from pydoc_data.topics import topics
+
+    tokenizer = Tokenizer(smollm2_dir)
+    names = sorted(topics)
+    root = tmp_path / "mixture"
+    for domain, texts in (("early", [topics[n] for n in names[:24]]), ("late", [topics[n] for n in names[-24:]])):
+        docs = [tokenizer.encode(t, bos=False, eos=True).to(torch.int32) for t in texts]
+        write_stream(root / "train" / domain, docs[4:])
+        write_stream(root / "val" / domain, docs[:4])
+    env = environment(tmp_path)
+    out = tmp_path / "run"
+    args = ["inheritune", tiny_reference, "--n_layers", "2", "--data", "litgpt_inheritune.data_mixture.DomainMixture",
+            "--data.data_path", root, "--data.dynamic", "true", "--data.num_workers", "0",
+            "--train.epochs", "null", "--train.max_tokens", 8 * 4 * 32, "--train.global_batch_size", "4",
+            "--train.micro_batch_size", "2", "--train.max_seq_length", "32", "--train.save_interval", "1000",
+            "--train.lr_warmup_steps", "1", "--eval.interval", "2", "--eval.max_iters", "2",
+            "--eval.initial_validation", "false", "--precision", "32-true", "--compile", "false",
+            "--logger_name", "csv", "--devices", "2", "--strategy", "ddp", "--out_dir", out]
+    output = litgpt(args, env, tmp_path)
+    assert output.count("Reference losses per domain") == 1  # measured by rank 0 alone
+    rows = [json.loads(line) for line in (out / "domain_weights.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [2, 4, 6, 8, 8]  # one writer: every evaluation once
+    for row in rows:
+        assert len(row["weights_by_rank"]) == 2
+        assert row["weights_by_rank"][0] == row["weights_by_rank"][1] == [row["weights"][d] for d in row["weights"]]
+    assert len({tuple(r["weights"].values()) for r in rows}) > 1  # the weights did move
+    hp = (out / "final" / "hyperparameters.yaml").read_text()
+    assert "reference_losses" in hp
+
+
+def test_grow_and_arms_write_one_set_of_outputs(tmp_path, tiny_reference, eight_samples):
+    env = environment(tmp_path)
+    data = ["--data", "TextFiles", "--data.train_data_path", eight_samples[0], "--data.val_data_path",
+            eight_samples[1], "--data.num_workers", "0"]
+    shared = ["--train.global_batch_size", "8", "--train.micro_batch_size", "4", "--train.max_seq_length", "32",
+              "--train.lr_warmup_steps", "1", "--train.save_interval", "2", "--eval.interval", "2",
+              "--eval.max_iters", "2", "--eval.initial_validation", "false", "--precision", "32-true",
+              "--compile", "false", "--devices", "2", "--strategy", "ddp"]
+
+    # A growth run over an earlier one, with --overwrite: rank 0 alone removes it, before the first round.
+    grow = tmp_path / "grow"
+    grow.mkdir()
+    (grow / "grow.json").write_text(json.dumps({"steps": 99}))
+    (grow / "earlier.txt").write_text("an earlier growth run")
+    litgpt(["inheritune_grow", tiny_reference, *data, *shared, "--steps", "3", "--n_layers_start", "4",
+                     "--grow_by", "2", "--tolerance", "-100", "--overwrite", "true", "--out_dir", grow], env, tmp_path)
+    assert not (grow / "earlier.txt").exists()
+    rows = json.loads((grow / "rounds.json").read_text())
+    assert [r["n_layers"] for r in rows] == [4, 6]
+    for r in rows:
+        assert weights(grow / f"n{r['n_layers']:03d}")["iter_num"] == 3
+    assert (grow / "rounds.md").read_text().count("| 1 | 4 |") == 1
+    assert json.loads((grow / "reference_loss.json").read_text())["val_loss"] == rows[0]["target_loss"]
+
+    arms = tmp_path / "arms"
+    litgpt(["inheritune_arms", tiny_reference, "--n_layers", "2", "--arms", "[inherit, random]", *data, *shared,
+            "--train.epochs", "3", "--out_dir", arms], env, tmp_path)
+    table = json.loads((arms / "arms.json").read_text())
+    assert sorted(r["arm"] for r in table) == ["inherit", "random"]
+    assert (arms / "curves.png").stat().st_size > 0 and (arms / "arms.md").read_text().count("| inherit |") == 1
+    for arm in ("inherit", "random"):
+        assert weights(arms / arm)["iter_num"] == 3
+    for directory in (grow, arms):
+        assert not [p for p in directory.rglob("*") if ".tmp" in p.name or ".old-" in p.name]
+
+
+def test_prune_ranks_hold_one_model_and_the_extracted_child_is_rank_zeros(tmp_path, tiny_reference, eight_samples):
+    from litgpt import GPT, Config
+
+    from litgpt_inheritune.masks import PrunableGPT, PruningMasks, extraction
+    from litgpt_inheritune.prune import state_digest
+    from litgpt_inheritune.shape import prune_state_dict
+
+    env = environment(tmp_path)
+    out = tmp_path / "prune"
+    target = {"n_layer": 4, "n_embd": 24, "n_head": 2, "n_query_groups": 1, "intermediate_size": 40}
+    litgpt(["inheritune_prune", tiny_reference, "--target", json.dumps(target), "--data", "TextFiles",
+            "--data.train_data_path", eight_samples[0], "--data.val_data_path", eight_samples[1],
+            "--data.num_workers", "0", "--steps", "4", "--lagrangian_warmup_steps", "2", "--train.global_batch_size",
+            "8", "--train.micro_batch_size", "4", "--train.max_seq_length", "32", "--train.lr_warmup_steps", "1",
+            "--train.save_interval", "2", "--eval.interval", "2", "--eval.max_iters", "2", "--lr", "0.001",
+            "--mask_lr", "0.5", "--lambda_lr", "0.5", "--precision", "32-true", "--devices", "2",
+            "--strategy", "ddp", "--out_dir", out], env, tmp_path)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 4]  # one writer
+    digests = metrics[-1]["rank_digests"]
+    saved = torch.load(out / "prune_state.pth", weights_only=False)["model"]
+    assert len(digests) == 2 and digests[0] == digests[1] == state_digest(saved)
+
+    config = Config.from_file(tiny_reference / "model_config.yaml")
+    masks = PruningMasks(config, target)
+    masks.load_state_dict({k[len("masks."):]: v for k, v in saved.items() if k.startswith("masks.")})
+    keep, scales = extraction(masks, config)
+    _, expected = prune_state_dict(config, {k[len("gpt."):]: v for k, v in saved.items() if k.startswith("gpt.")},
+                                   keep, scales)
+    assert_same_weights(torch.load(out / "final" / "lit_model.pth"), expected, atol=0)
+    masked = PrunableGPT(GPT(config), target)
+    masked.load_state_dict(saved)
+    assert (masked.masks.gates["hidden"].log_alpha - 5.0).abs().max() > 0.1  # the masks did train (init ~N(5, 0.01))
