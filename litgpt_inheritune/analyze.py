@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from litgpt_inheritune.errors import InherituneError
+from litgpt_inheritune.rundir import other_rank_skips
 
 
 def analyze(
@@ -98,6 +99,8 @@ def setup(
         device: Where to run the reference (``auto``: CUDA when available, in bf16; else CPU in float32).
         overwrite: Replace an existing analysis in ``out_dir``.
     """
+    if other_rank_skips("inheritune_analyze"):
+        return
     arguments = dict(locals())
     try:
         result = analyze(**arguments)

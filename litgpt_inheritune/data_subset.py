@@ -36,6 +36,7 @@ from typing import Any
 from unittest import mock
 
 from litgpt_inheritune.errors import InherituneError
+from litgpt_inheritune.rundir import other_rank_skips
 
 CHARS_PER_TOKEN = 6.0  # assumed by the first threshold: more than BPE tokenizers give on prose (about 4), so safe
 MARGIN = 1.25  # on the measured ratio when a pass fell short
@@ -545,6 +546,8 @@ def setup(
         num_workers: Processes that read and tokenize (default: up to 4); the output does not depend on it.
         overwrite: Replace a non-empty ``out_dir``.
     """
+    if other_rank_skips("inheritune_data"):
+        return
     arguments = dict(locals())
     try:
         summary = build_subset(**arguments)

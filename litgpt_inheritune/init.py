@@ -17,6 +17,7 @@ from litgpt_inheritune.checkpoint import (
     write_checkpoint,
 )
 from litgpt_inheritune.errors import InherituneError
+from litgpt_inheritune.rundir import other_rank_skips
 from litgpt_inheritune.inherit import PARTS, inherit, resolve_layers, resolve_parts
 
 INHERITANCE_FILE = "inheritune.json"  # what the child was made of: reference, blocks, parts, how they were chosen
@@ -117,6 +118,8 @@ def setup(
             the last two read ``analysis``. The choice is recorded in ``out_dir/inheritune.json``.
         analysis: ``analysis.json`` (or its dir) written by `litgpt inheritune_analyze` for this reference.
     """
+    if other_rank_skips("inheritune_init"):
+        return
     try:
         out_dir = Path(out_dir)
         if (out_dir / "lit_model.pth").exists() and not overwrite:

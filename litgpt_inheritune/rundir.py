@@ -230,3 +230,12 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def other_rank_skips(command: str) -> bool:
+    """For the one-process commands (inheritune_init, _width, _analyze, _data): under a launcher, ranks other than
+    0 do nothing (rank 0 alone writes ``out_dir``) instead of building the same files at once."""
+    if is_rank_zero():
+        return False
+    print(f"rank {global_rank()}: `litgpt {command}` runs in one process; global rank 0 writes its output")
+    return True

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from litgpt_inheritune.errors import InherituneError
+from litgpt_inheritune.rundir import other_rank_skips
 
 METHOD = (
     "Minitron activation importance (litgpt_inheritune.importance): heads by the L2 norm of their attention output, "
@@ -119,6 +120,8 @@ def setup(
         device: Where to run the reference (``auto``: CUDA when available, in bf16; else CPU in float32).
         overwrite: Replace an existing checkpoint in ``out_dir``.
     """
+    if other_rank_skips("inheritune_width"):
+        return
     t0 = time.perf_counter()
     try:
         child, keep = build_width_child(reference_dir, target, data, out_dir, n_sequences, seq_len, select, analysis,
