@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from litgpt_inheritune.errors import InherituneError
+from litgpt_inheritune.errors import InherituneError, disk_error
 
 # Files of a LitGPT checkpoint dir that travel with the weights (LitGPT's own list, plus HF's tokenizer extras).
 CONFIG_FILES = ("generation_config.json",)
@@ -125,18 +126,68 @@ def child_hf_config(reference_dir: Path, layers: list[int]) -> dict | None:
     return hf
 
 
+def staging_path(target: Path, kind: str = "tmp") -> Path:
+    """A hidden sibling of ``target`` that names its owner: ``.NAME.KIND-HOST-PID-RANDOM``."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+
+def _owner_gone(host: str, pid: str) -> bool:
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's: it may still be at work
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Removes the staging siblings of ``target`` (``staging_path``) whose owning process on this host is gone,
+    e.g. after a kill -9. Returns what was removed."""
+    import glob as globbing
+
+    target = Path(target)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    prefix = f".{target.name}."
+    for sibling in target.parent.glob(globbing.escape(prefix) + "*-*-*"):
+        kind_host, _, rest = sibling.name[len(prefix):].partition("-")
+        host_pid, _, _random = rest.rpartition("-")
+        host, _, pid = host_pid.rpartition("-")
+        if kind_host not in ("tmp", "old") or not _owner_gone(host, pid):
+            continue
+        shutil.rmtree(sibling, ignore_errors=True) if sibling.is_dir() else sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
 @contextmanager
 def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yields a temporary sibling of ``out_dir`` to write into; renames it to ``out_dir`` only on success.
 
-    An existing ``out_dir`` is replaced only with ``overwrite`` and only after the new one is complete.
+    An existing ``out_dir`` is replaced only with ``overwrite`` and only after the new one is complete; a file at
+    ``out_dir`` is never replaced. Staging left by killed runs of this host is removed first; a full disk or a
+    permission error becomes one line naming the path.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InherituneError(f"--out_dir {str(out_dir)!r} is a file, not a directory; choose another --out_dir")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(out_dir)
+        tmp = staging_path(out_dir)
+        tmp.mkdir()
+    except OSError as exc:
+        raise disk_error(exc, out_dir, "creating") from None
     try:
         yield tmp
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(exc, out_dir) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -144,7 +195,7 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
             raise InherituneError(f"{str(out_dir)!r} appeared while writing; pass --overwrite true to replace it")
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        old = staging_path(out_dir, "old")
         os.replace(out_dir, old)
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
@@ -163,8 +214,9 @@ def write_checkpoint(
     from litgpt.utils import save_config
 
     directory = Path(directory)
-    torch.save(dict(state_dict), directory / "lit_model.pth")
+    save_weights(dict(state_dict), directory / "lit_model.pth")
     save_config(config, directory)
+    save_base_prompt_style(directory)
     hf = child_hf_config(reference_dir, layers)
     if widths:
         from litgpt_inheritune.shape import shaped_hf_config
@@ -184,3 +236,103 @@ def write_json(path: Path, value) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(value, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def step_of(path: Path) -> int:
+    """The step of a ``step-NNNNNNNN/lit_model.pth`` checkpoint."""
+    return int(Path(path).parent.name.split("-")[1])
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A torch checkpoint file that opens whole: its zip directory, written last, is there (a file cut short by a
+    full disk or a kill is not)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def newest_complete_checkpoint(out_dir: Path) -> tuple[Path | None, list[Path]]:
+    """The newest ``step-*/lit_model.pth`` in ``out_dir`` that is complete, and the newer ones skipped."""
+    steps = sorted(Path(out_dir).glob("step-*/lit_model.pth"), key=step_of, reverse=True)
+    skipped = []
+    for path in steps:
+        if is_complete_checkpoint(path):
+            return path, skipped
+        skipped.append(path)
+    return None, skipped
+
+
+@contextmanager
+def safe_saves(pretrain_module) -> Iterator[None]:
+    """While open, `litgpt pretrain`'s ``save_checkpoint`` writes each checkpoint under a temporary name in its own
+    directory and renames it into place when complete. Lightning stages the file in the temporary directory and
+    moves it, a copy when that is another filesystem (a full disk then leaves half a checkpoint under the real
+    name); here it stages beside the checkpoint. On an error the partial file, the staging file and a step dir made
+    for it are removed, and the error becomes one line."""
+    import tempfile
+
+    plain = pretrain_module.save_checkpoint
+
+    def save_checkpoint(fabric, state, tokenizer_dir, checkpoint_file):
+        checkpoint_file = Path(checkpoint_file)
+        directory = checkpoint_file.parent
+        new_dir = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        before = set(os.listdir(directory))
+        partial = directory / f".{checkpoint_file.name}.partial"
+        staging, tempfile.tempdir = tempfile.tempdir, str(directory)
+        try:
+            plain(fabric, state, tokenizer_dir, partial)
+            if fabric.global_rank == 0:
+                if tokenizer_dir is not None and (Path(tokenizer_dir) / PROMPT_STYLE).is_file():
+                    shutil.copy(Path(tokenizer_dir) / PROMPT_STYLE, directory / PROMPT_STYLE)
+                with open(partial, "rb") as stream:
+                    os.fsync(stream.fileno())
+                os.replace(partial, checkpoint_file)
+        except OSError as exc:
+            for name in set(os.listdir(directory)) - before:
+                leftover = directory / name
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+            if new_dir and not any(directory.iterdir()):
+                directory.rmdir()
+            raise disk_error(exc, checkpoint_file) from None
+        finally:
+            tempfile.tempdir = staging
+        fabric.barrier()
+
+    from unittest import mock
+
+    with mock.patch.object(pretrain_module, "save_checkpoint", save_checkpoint):
+        yield
+
+
+def save_weights(state_dict: dict, path: Path) -> None:
+    """``torch.save``, whose failure on a full disk ("unexpected pos ...") becomes an ``OSError`` with ENOSPC."""
+    import errno
+
+    import torch
+
+    try:
+        torch.save(state_dict, path)
+    except RuntimeError as exc:
+        if "unexpected pos" not in str(exc) and "PytorchStreamWriter" not in str(exc):
+            raise
+        free = shutil.disk_usage(Path(path).parent).free
+        code = errno.ENOSPC if free < 2**20 else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+PROMPT_STYLE = "prompt_style.yaml"
+
+
+def save_base_prompt_style(directory: Path) -> None:
+    """Children are base models: LitGPT's plain prompt style, not the chat template LitGPT would pick from the
+    reference's name (``litgpt generate`` on a child of an instruct model would otherwise wrap every prompt in it).
+    Edit ``prompt_style.yaml`` to choose another."""
+    from litgpt.prompts import Default, save_prompt_style
+
+    save_prompt_style(Default(), Path(directory))

@@ -3,3 +3,14 @@
 
 class InherituneError(ValueError):
     """Bad input, found before any expensive work. The message says what to do."""
+
+
+_DISK_CAUSES = {28: "no space left on the device", 13: "permission denied", 30: "read-only file system",
+                122: "disk quota exceeded", 2: "no such file or directory", 20: "a part of the path is a file"}
+
+
+def disk_error(exc: OSError, path, doing: str = "writing") -> InherituneError:
+    """An ``OSError`` while writing as one line naming the path and the cause (no space, permission, read-only)."""
+    cause = _DISK_CAUSES.get(getattr(exc, "errno", None) or -1) or exc.strerror or str(exc)
+    hint = "; free some space or choose another --out_dir" if exc.errno in (28, 122) else "; choose another --out_dir"
+    return InherituneError(f"{doing} {str(path)!r} failed: {cause}{hint}")

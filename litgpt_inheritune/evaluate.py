@@ -52,15 +52,24 @@ def evaluate(
     out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir / "evaluate"
     plain = evaluator.simple_evaluate
     merged: dict = {"results": {}, "n-shot": {}, "configs": {}, "versions": {}}
-    for shots, names in groups.items():
-        part = out_dir / f"results_{shots or 0}shot.json"
-        with mock.patch.object(evaluator, "simple_evaluate",
-                               lambda *args, **kwargs: plain(*args, task_manager=manager, **kwargs)):
-            convert_and_evaluate(checkpoint_dir, tasks=",".join(names), out_dir=out_dir, num_fewshot=shots,
-                                 batch_size=batch_size, device=device, limit=limit, seed=seed, save_filepath=part)
-        result = json.loads(part.read_text())
-        for key in merged:
-            merged[key].update(result.get(key, {}))
+    # LitGPT converts the checkpoint into out_dir and reuses any pytorch_model.bin it finds there, whole or half
+    # written, of this checkpoint or another: the converted weights live only while this command runs.
+    converted = [out_dir / "pytorch_model.bin", out_dir / "model.pth"]
+    for path in converted:
+        path.unlink(missing_ok=True)
+    try:
+        for shots, names in groups.items():
+            part = out_dir / f"results_{shots or 0}shot.json"
+            with mock.patch.object(evaluator, "simple_evaluate",
+                                   lambda *args, **kwargs: plain(*args, task_manager=manager, **kwargs)):
+                convert_and_evaluate(checkpoint_dir, tasks=",".join(names), out_dir=out_dir, num_fewshot=shots,
+                                     batch_size=batch_size, device=device, limit=limit, seed=seed, save_filepath=part)
+            result = json.loads(part.read_text())
+            for key in merged:
+                merged[key].update(result.get(key, {}))
+    finally:
+        for path in converted:
+            path.unlink(missing_ok=True)
     merged["checkpoint"] = str(checkpoint_dir)
     (out_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
     return merged

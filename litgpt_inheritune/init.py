@@ -12,10 +12,12 @@ from litgpt_inheritune.checkpoint import (
     atomic_dir,
     check_tokenizer,
     check_weights_match_config,
+    has_tokenizer,
     load_reference_config,
     load_state_dict_lazily,
     write_checkpoint,
 )
+from litgpt_inheritune.checks import check_out_dir, child_bytes
 from litgpt_inheritune.errors import InherituneError
 from litgpt_inheritune.rundir import other_rank_skips
 from litgpt_inheritune.inherit import PARTS, inherit, resolve_layers, resolve_parts
@@ -63,6 +65,8 @@ def plan_child(
     check_weights_match_config(config, state_dict, reference_dir / "lit_model.pth")
     if tokenizer_dir is not None:
         check_tokenizer(tokenizer_dir, reference_dir, config)
+    elif has_tokenizer(reference_dir):  # it travels into the child: it must load (an empty tokenizer.json does not)
+        check_tokenizer(reference_dir, reference_dir, config)
     return Plan(reference_dir=reference_dir, config=config, state_dict=state_dict, layers=layers, parts=parts,
                 select=select, analysis=None if analysis is None else str(analysis))
 
@@ -126,8 +130,10 @@ def setup(
             raise InherituneError(
                 f"{str(out_dir)!r} already holds a checkpoint; choose another --out_dir or pass --overwrite true"
             )
+        check_out_dir(out_dir, reference_dir)  # a file, an unwritable place, inside the reference: before any work
         t0 = time.perf_counter()
         plan = plan_child(reference_dir, n_layers, layers, parts, tokenizer_dir, select, analysis)
+        check_out_dir(out_dir, reference_dir, child_bytes(plan))
         child = build_child(plan, out_dir, seed=seed, overwrite=overwrite)
     except InherituneError as exc:
         raise SystemExit(f"error: {exc}") from None

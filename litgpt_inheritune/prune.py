@@ -60,7 +60,7 @@ def prune(
     from litgpt.pretrain import get_lr, validate
     from litgpt.utils import CycleIterator, chunked_cross_entropy
 
-    from litgpt_inheritune import rundir
+    from litgpt_inheritune import checks, rundir
     from litgpt_inheritune import strategy as strategies
     from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
                                               load_reference_config, load_state_dict_lazily, write_checkpoint,
@@ -83,6 +83,7 @@ def prune(
         raise InherituneError("--train.max_norm is required, e.g. --train.max_norm 1.0")
     if isinstance(data, DomainMixture):
         data.check()
+    checks.check_data(data)
     config = load_reference_config(reference_dir)
     check_prunable(config)
     sizes = target_sizes(config, target)
@@ -106,6 +107,10 @@ def prune(
             raise InherituneError(f"{str(out_dir)!r} was started with other settings (see prune.json); resume with those")
         check_weights_match_config(config, load_state_dict_lazily(reference_dir / "lit_model.pth"),
                                    reference_dir / "lit_model.pth")
+        checks.check_out_dir(out_dir, reference_dir)
+        data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size,
+                     max_seq_length=train.max_seq_length or config.block_size)
+        checks.prepare_text_files(data)  # whole or not at all, before out_dir is touched
         if decision == "overwrite":
             rundir.remove_run(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

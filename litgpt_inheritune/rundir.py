@@ -217,7 +217,10 @@ def remove_run(out_dir: Path) -> None:
     out_dir = Path(out_dir)
     if not out_dir.exists():
         return
-    aside = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    from litgpt_inheritune.checkpoint import remove_stale_staging, staging_path
+
+    remove_stale_staging(out_dir)
+    aside = staging_path(out_dir, "old")
     os.replace(out_dir, aside)
     shutil.rmtree(aside, ignore_errors=True)
 

@@ -25,7 +25,7 @@ from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
 from litgpt_inheritune.data_mixture import DomainMixture, dbl_hooks, measure_reference_losses
-from litgpt_inheritune import rundir, speed, strategy
+from litgpt_inheritune import checks, rundir, speed, strategy
 
 INITIAL = "initial"  # out_dir/initial holds the inherited, untrained child
 
@@ -120,7 +120,8 @@ def run(**arguments: Any) -> Path:
     import litgpt.pretrain as pretrain
     from litgpt import Config
 
-    from litgpt_inheritune.checkpoint import has_tokenizer
+    from litgpt_inheritune.checkpoint import (has_tokenizer, is_complete_checkpoint, newest_complete_checkpoint,
+                                              safe_saves)
     from litgpt_inheritune.init import build_child, plan_child
     from litgpt_inheritune.inherit import reference_ties_embeddings
 
@@ -130,6 +131,7 @@ def run(**arguments: Any) -> Path:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
     if isinstance(a.data, DomainMixture):
         a.data.check()
+    checks.check_data(a.data)
     extra = sorted(set(a.optimizer) - {"class_path", "init_args"}) if isinstance(a.optimizer, dict) else []
     if extra:  # LitGPT builds the optimizer from class_path and init_args only: anything else is silently dropped
         raise InherituneError(
@@ -171,7 +173,14 @@ def run(**arguments: Any) -> Path:
                 )
         elif not has_tokenizer(a.tokenizer_dir or a.reference_dir):
             raise InherituneError(f"{str(a.reference_dir)!r} has no tokenizer; pass --tokenizer_dir")
+        checks.check_out_dir(out_dir, a.reference_dir, 0 if decision == "resume" else checks.child_bytes(plan))
         max_seq_length = train.max_seq_length or plan.config.block_size
+        from litgpt import Tokenizer
+
+        # prepared before out_dir is touched: bad data leaves no half-started run behind
+        a.data.connect(tokenizer=Tokenizer(a.tokenizer_dir or a.reference_dir), batch_size=train.micro_batch_size,
+                       max_seq_length=max_seq_length)
+        checks.prepare_text_files(a.data)
         per_epoch = None
         if train.epochs is not None:  # counted before the child is written: bad data leaves out_dir untouched
             per_epoch = tokens_per_epoch(a.data, a.tokenizer_dir or a.reference_dir, train.micro_batch_size,
@@ -182,7 +191,19 @@ def run(**arguments: Any) -> Path:
             build_child(plan, initial, seed=a.seed, overwrite=False)
         print(f"Inherited blocks {plan.layers} ({list(plan.parts)}) of {plan.config.name} in "
               f"{time.perf_counter() - t0:.1f} s")
-        has_step = isinstance(resume, Path) or any(out_dir.glob("step-*/lit_model.pth"))
+        resume_from = None
+        if isinstance(resume, Path):
+            if not is_complete_checkpoint(resume):
+                raise InherituneError(f"--resume {str(resume)!r} is incomplete (cut short by a full disk or a kill); "
+                                      "give an earlier step-*/lit_model.pth")
+            resume_from = str(resume)
+        elif decision == "resume":  # the newest complete checkpoint; LitGPT would take the newest, complete or not
+            newest, skipped = newest_complete_checkpoint(out_dir)
+            if skipped:
+                print(f"warning: skipping incomplete checkpoint(s) {', '.join(str(p) for p in skipped)}; resuming "
+                      f"from {str(newest or initial)!r}")
+            resume_from = None if newest is None else str(newest)
+        has_step = resume_from is not None
         reference_losses = None
         if isinstance(a.data, DomainMixture) and a.data.dynamic and a.data.reference_losses is None and not has_step:
             # Dynamic batch loading aims each domain at the reference's own loss there (a resumed run reads them
@@ -195,14 +216,14 @@ def run(**arguments: Any) -> Path:
         tie = train.tie_embeddings
         if tie is None:  # the child keeps the reference's architecture: tied if the reference ties, inherited or not
             tie = reference_ties_embeddings(plan.state_dict)
-        return {"decision": decision, "per_epoch": per_epoch, "has_step": has_step, "tie": bool(tie),
+        return {"decision": decision, "per_epoch": per_epoch, "resume_from": resume_from, "tie": bool(tie),
                 "reference_losses": reference_losses}
 
     prepared = rundir.rank_zero_value(out_dir, "inheritune", start, what="preparing the run")
     child = Config.from_file(initial / "model_config.yaml")
     if prepared["reference_losses"] is not None:
         a.data.reference_losses = prepared["reference_losses"]
-    resuming, has_step = prepared["decision"] == "resume", prepared["has_step"]
+    resume_from = None if prepared["resume_from"] is None else Path(prepared["resume_from"])
     max_seq_length = train.max_seq_length or child.block_size
     max_tokens = train.max_tokens
     if train.epochs is not None:
@@ -211,7 +232,7 @@ def run(**arguments: Any) -> Path:
     pretrain_train = replace(train, epochs=None, max_tokens=max_tokens, tie_embeddings=prepared["tie"])
 
     hyperparameters = hyperparameters_dict(arguments)
-    from_initial = not (resuming and has_step)  # resuming before the first checkpoint restarts from initial
+    from_initial = resume_from is None  # resuming before the first checkpoint restarts from initial
     with ExitStack() as stack:
         stack.enter_context(
             mock.patch.object(
@@ -223,13 +244,14 @@ def run(**arguments: Any) -> Path:
         stack.enter_context(dbl_hooks(pretrain, out_dir))  # per-domain validation of a DomainMixture
         stack.enter_context(speed.apply(speed_options))
         stack.enter_context(strategy.use_strategy(pretrain, resolved))
+        stack.enter_context(safe_saves(pretrain))
         pretrain.setup(
             model_name=child.name,
             model_config=child,
             out_dir=out_dir,
             precision=a.precision,
             initial_checkpoint_dir=initial if from_initial else None,
-            resume=False if from_initial else resume,
+            resume=False if from_initial else resume_from,
             data=a.data,
             train=pretrain_train,
             eval=a.eval,
@@ -259,6 +281,7 @@ def tokens_per_epoch(data: DataModule, tokenizer_dir: Path, micro_batch_size: in
     from litgpt import Tokenizer
 
     data.connect(tokenizer=Tokenizer(tokenizer_dir), batch_size=micro_batch_size, max_seq_length=max_seq_length)
+    checks.prepare_text_files(data)
     data.prepare_data()
     data.setup()
     loader = data.train_dataloader()

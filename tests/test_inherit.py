@@ -529,7 +529,7 @@ def test_write_checkpoint_writes_a_loadable_child(tmp_path):
         write_checkpoint(tmp, config, state, ref_dir, [0, 3])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child", "reference"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", "lit_model.pth", "model_config.yaml"]
+        "config.json", "generation_config.json", "lit_model.pth", "model_config.yaml", "prompt_style.yaml"]
     loaded = Config.from_file(out / "model_config.yaml")
     assert loaded.n_layer == 2
     GPT(loaded).load_state_dict(torch.load(out / "lit_model.pth", weights_only=True), strict=True)
@@ -623,7 +623,8 @@ def test_init_setup_end_to_end(tmp_path, reference_dir, kwargs, layers):
 
     out = tmp_path / "child"
     setup(reference_dir, out_dir=out, seed=5, **kwargs)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "inheritune.json", "lit_model.pth", "model_config.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "inheritune.json", "lit_model.pth", "model_config.yaml",
+                                                     "prompt_style.yaml"]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
     config = Config.from_file(out / "model_config.yaml")

@@ -1,0 +1,174 @@
+"""Checks made before any expensive work, and text data prepared whole or not at all.
+
+Every check raises ``InherituneError`` with one line that says what to do. Nothing here deletes a user's file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from litgpt_inheritune.errors import InherituneError
+
+DISK_MARGIN = 64 * 2**20  # bytes beyond a written child's size that must be free (configs, tokenizer, logs)
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_out_dir(out_dir: Path, reference_dir: Path | None = None, need_bytes: int = 0) -> None:
+    """``out_dir`` can be created and written, is not a file, not inside the reference, and its disk has room for
+    ``need_bytes`` plus a margin. Writes nothing that stays (a probe directory is made and removed)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InherituneError(f"--out_dir {str(out_dir)!r} is a file, not a directory; choose another --out_dir")
+    if reference_dir is not None:
+        ref, out = Path(reference_dir).resolve(), out_dir.resolve()
+        if out == ref or ref in out.parents:
+            raise InherituneError(f"--out_dir {str(out_dir)!r} is inside the reference dir {str(reference_dir)!r}; "
+                                  "choose a directory outside it")
+    existing = _nearest_existing(out_dir)
+    if not existing.is_dir():
+        raise InherituneError(f"--out_dir {str(out_dir)!r} cannot be created: {str(existing)!r} is a file")
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".inheritune-probe-", dir=existing))
+        probe.rmdir()
+    except OSError as exc:
+        raise InherituneError(f"--out_dir {str(out_dir)!r} cannot be created in {str(existing)!r} "
+                              f"({exc.strerror or exc}); choose a writable directory") from None
+    if need_bytes:
+        free = shutil.disk_usage(existing).free
+        if free < need_bytes + DISK_MARGIN:
+            raise InherituneError(
+                f"--out_dir {str(out_dir)!r} has {free / 2**20:,.0f} MiB free but the child needs "
+                f"{(need_bytes + DISK_MARGIN) / 2**20:,.0f} MiB ({need_bytes / 2**20:,.0f} MiB + a margin); free some "
+                "space or choose another --out_dir"
+            )
+
+
+def child_bytes(plan) -> int:
+    """The size of the child's weights file: the reference's tensors that the child keeps (same dtypes)."""
+    from litgpt_inheritune.inherit import child_config
+
+    child = child_config(plan.config, plan.layers)
+    import torch
+    from litgpt import GPT
+
+    with torch.device("meta"):
+        shapes = GPT(child).state_dict()
+    itemsize = next(iter(plan.state_dict.values())).element_size()
+    return sum(t.numel() for t in shapes.values()) * itemsize
+
+
+def _complete_litdata_dir(directory: Path) -> bool:
+    """A litdata dir whose ``index.json`` lists chunks that are all there."""
+    import json
+
+    try:
+        index = json.loads((directory / "index.json").read_text())
+        chunks = index["chunks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(chunks) and all((directory / c["filename"]).is_file() for c in chunks)
+
+
+def check_text_dir(directory: Path, what: str, prepared: Path | None) -> None:
+    """A dir of .txt files that exist, are not all empty and decode as UTF-8 (the first bad file is named); skipped
+    when its prepared token dir is already complete."""
+    directory = Path(directory)
+    if prepared is not None and _complete_litdata_dir(prepared):
+        return
+    if not directory.is_dir():
+        raise InherituneError(f"{what} {str(directory)!r} does not exist; give a directory of .txt files")
+    files = sorted(directory.glob("*.txt"))
+    if not files:
+        raise InherituneError(f"{what} {str(directory)!r} holds no .txt files; give a directory of .txt files")
+    if all(f.stat().st_size == 0 for f in files):
+        raise InherituneError(f"every .txt file in {what} {str(directory)!r} is empty")
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as stream:
+                while stream.read(1 << 24):
+                    pass
+        except UnicodeDecodeError as exc:
+            raise InherituneError(f"{str(path)!r} is not UTF-8 text (byte {exc.start}); convert it or remove it "
+                                  f"from {what}") from None
+
+
+def check_data(data) -> None:
+    """The data module's sources exist and decode, for the modules this package knows (TextFiles, DomainMixture)."""
+    from litgpt.data import TextFiles
+
+    if isinstance(data, TextFiles):
+        check_text_dir(data.train_data_path, "--data.train_data_path", Path(data.out_path_train))
+        if data.val_data_path is not None:
+            check_text_dir(data.val_data_path, "--data.val_data_path", Path(data.out_path_val))
+        elif len(list(Path(data.train_data_path).glob("*.txt"))) < 2 and not _complete_litdata_dir(Path(data.out_path_val)):
+            raise InherituneError("--data.train_data_path needs at least two .txt files when there is no "
+                                  "--data.val_data_path (TextFiles splits one off for validation)")
+
+
+@contextmanager
+def private_litdata_cache() -> Iterator[None]:
+    """litdata's ``optimize`` stages chunks in one machine-wide folder unless told otherwise: two preparations at
+    once (two users, a test and a demo) would empty each other's. This gives it a folder of its own, removed after."""
+    from unittest import mock
+
+    folder = Path(tempfile.mkdtemp(prefix="inheritune-litdata-"))
+    try:
+        with mock.patch.dict(os.environ, {"DATA_OPTIMIZER_CACHE_FOLDER": str(folder / "chunks"),
+                                          "DATA_OPTIMIZER_DATA_CACHE_FOLDER": str(folder / "data")}):
+            yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def prepare_text_files(data) -> None:
+    """Prepares a connected ``TextFiles`` module's token dirs whole or not at all: each is built under a temporary
+    name beside its place and renamed when complete, with a private litdata staging folder; an incomplete one left
+    by an earlier crash is rebuilt (LitGPT would reuse it as it is). Other data modules are left to LitGPT."""
+    import copy
+
+    from litgpt.data import TextFiles
+
+    from litgpt_inheritune.checkpoint import remove_stale_staging, staging_path
+
+    if not isinstance(data, TextFiles):
+        return
+    targets = {"out_path_train": Path(data.out_path_train), "out_path_val": Path(data.out_path_val)}
+    staged = copy.copy(data)
+    renames = []
+    for attribute, target in targets.items():
+        if _complete_litdata_dir(target):
+            continue
+        remove_stale_staging(target)
+        if target.exists():
+            print(f"Rebuilding {str(target)!r}: an earlier preparation did not finish")
+            aside = staging_path(target, "old")
+            os.replace(target, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        tmp = staging_path(target)
+        setattr(staged, attribute, tmp)
+        renames.append((tmp, target))
+    if not renames:
+        return
+    try:
+        with private_litdata_cache():
+            staged.prepare_data()
+        for tmp, target in renames:
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another preparation of the same dir finished first
+                if not _complete_litdata_dir(target):
+                    raise
+    finally:
+        for tmp, _ in renames:
+            shutil.rmtree(tmp, ignore_errors=True)
