@@ -35,6 +35,9 @@ def analyze(
     if data is None:
         raise InherituneError("--data is required: real text, a file or directory of .jsonl/.jsonl.zst/.parquet/.txt")
     reference_dir, out_dir = Path(reference_dir), Path(out_dir)
+    from litgpt_inheritune.checks import check_out_dir
+
+    check_out_dir(out_dir, reference_dir)  # a file, an unwritable place, inside the reference: before any work
     if (out_dir / "analysis.json").exists() and not overwrite:
         raise InherituneError(f"{str(out_dir)!r} already holds an analysis; choose another --out_dir or pass --overwrite true")
     for name, value in (("--tau", tau), ("--eta", eta)):

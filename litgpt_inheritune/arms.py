@@ -117,6 +117,7 @@ def run_arms(
     import litgpt.pretrain as pretrain
 
     from litgpt_inheritune import rundir
+    from litgpt_inheritune.checks import check_out_dir
     from litgpt_inheritune import strategy as strategies
     from litgpt_inheritune.checkpoint import load_reference_config, write_json
     from litgpt_inheritune.distill import distillation
@@ -125,6 +126,9 @@ def run_arms(
 
     if data is None:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
+    from litgpt_inheritune.checks import check_data
+
+    check_data(data)
     check_arms(arms, analysis)
     config = load_reference_config(reference_dir)
     strategies.resolve(strategy, devices, num_nodes)  # a bad choice is refused before any work
@@ -134,6 +138,7 @@ def run_arms(
     def start() -> dict:
         """Global rank 0 alone: decide what out_dir holds (rundir's rules); the rows of earlier calls; the shared
         budget in tokens, counted once, before any arm starts processes."""
+        check_out_dir(out_dir, reference_dir)
         started = (out_dir / "arms.json").is_file() or any((out_dir / arm).is_dir() for arm in ARMS)
         decision = rundir.decide(out_dir, started, False, resume, overwrite, what="comparison of arms")
         max_tokens = train.max_tokens

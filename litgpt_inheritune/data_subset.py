@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import socket
 from array import array
 import sys
 import tempfile
@@ -155,6 +157,39 @@ def _tokenize_unit(task: tuple[int, float, float]) -> dict:
     return {"unit": unit_index, "spill": path, "rows": rows, "documents": n_documents}
 
 
+def _die_with_parent() -> None:
+    """A worker ends, quietly, when its parent is killed (Linux), instead of printing BrokenPipeError tracebacks."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends when its pipe breaks
+        pass
+
+
+SPILL_PREFIX = "inheritune-data-"
+
+
+def _spill_dir_prefix() -> str:
+    """Spill dirs name their owner (``inheritune-data-HOST-PID-``), so a later run can remove those of killed runs."""
+    return f"{SPILL_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_stale_spill_dirs() -> list[Path]:
+    """Removes spill dirs in the temporary directory left by runs of this host whose process is gone."""
+    from litgpt_inheritune.checkpoint import _owner_gone
+
+    removed = []
+    host = socket.gethostname()
+    for directory in Path(tempfile.gettempdir()).glob(f"{SPILL_PREFIX}{host}-*-*"):
+        pid = directory.name[len(f"{SPILL_PREFIX}{host}-"):].split("-")[0]
+        if _owner_gone(host, pid):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
 def _map(fn, items: list, num_workers: int, desc: str, progress: bool):
     """``fn`` over ``items`` in order, in ``num_workers`` forked processes, with a progress bar on stderr."""
     from tqdm import tqdm
@@ -165,7 +200,7 @@ def _map(fn, items: list, num_workers: int, desc: str, progress: bool):
         import multiprocessing
 
         # Forked before the progress bar starts its monitor thread.
-        pool = multiprocessing.get_context("fork").Pool(min(num_workers, len(items)))
+        pool = multiprocessing.get_context("fork").Pool(min(num_workers, len(items)), initializer=_die_with_parent)
         results = pool.imap(fn, items, chunksize=1)
     bar = tqdm(total=len(items), desc=desc, unit="file", file=sys.stderr, disable=not progress, mininterval=1)
     documents = 0
@@ -341,6 +376,9 @@ def build_subset(
         raise InherituneError(f"--tokens must be positive, got {tokens}")
     if val_tokens < 0:
         raise InherituneError(f"--val_tokens must be >= 0, got {val_tokens}")
+    from litgpt_inheritune.checks import check_out_dir
+
+    check_out_dir(out_dir)  # a file, an unwritable place: before any work
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise InherituneError(f"{str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite true")
     if not has_tokenizer(tokenizer_dir):
@@ -372,7 +410,8 @@ def build_subset(
     natural = domain_weights is None and (stratify or split_by_domain)  # needs every document's tokens
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="inheritune-data-") as tmp, _job(
+    remove_stale_spill_dirs()
+    with tempfile.TemporaryDirectory(prefix=_spill_dir_prefix()) as tmp, _job(
         _Job(units, seed, text_key, domain_key, skip_unreadable, tmp), tokenizer
     ):
         skipped: dict[int, Any] = {}

@@ -24,6 +24,11 @@ def evaluate(
     seed: int = 1234,
 ) -> dict:
     """``setup`` without the error conversion; returns the merged lm-eval results."""
+    import logging
+
+    # bitsandbytes warns at import that an optional CPU kernel for 4-bit matmuls ("pip install kernels") is
+    # missing; evaluation never runs 4-bit layers, so the warning only alarms.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from lm_eval import evaluator
     from lm_eval.tasks import TaskManager
     from litgpt.eval.evaluate import convert_and_evaluate
@@ -61,7 +66,8 @@ def evaluate(
         for shots, names in groups.items():
             part = out_dir / f"results_{shots or 0}shot.json"
             with mock.patch.object(evaluator, "simple_evaluate",
-                                   lambda *args, **kwargs: plain(*args, task_manager=manager, **kwargs)):
+                                   lambda *args, **kwargs: plain(*args, task_manager=manager, **kwargs)), \
+                    mock.patch.object(evaluator, "get_git_commit_hash", quiet_git_hash):
                 convert_and_evaluate(checkpoint_dir, tasks=",".join(names), out_dir=out_dir, num_fewshot=shots,
                                      batch_size=batch_size, device=device, limit=limit, seed=seed, save_filepath=part)
             result = json.loads(part.read_text())
@@ -73,6 +79,18 @@ def evaluate(
     merged["checkpoint"] = str(checkpoint_dir)
     (out_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
     return merged
+
+
+def quiet_git_hash() -> str | None:
+    """lm-eval records the git commit of the working directory and lets git print "fatal: not a git repository"
+    outside one; the same record, without the message."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def setup(

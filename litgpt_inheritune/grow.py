@@ -86,6 +86,7 @@ def grow(
 ) -> list[dict]:
     """``setup`` without the error conversion; returns the rows of the rounds table."""
     from litgpt_inheritune import rundir
+    from litgpt_inheritune.checks import check_out_dir
     from litgpt_inheritune import strategy as strategies
     from litgpt_inheritune import train as train_module
     from litgpt_inheritune.checkpoint import load_reference_config, write_json
@@ -98,6 +99,9 @@ def grow(
         raise InherituneError(f"--steps must be at least 1, got {steps}")
     if data is None:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
+    from litgpt_inheritune.checks import check_data
+
+    check_data(data)
     target = parse_target(target)
     config = load_reference_config(reference_dir)
     depths = round_depths(config.n_layer, n_layers_start or max(1, config.n_layer // 2), grow_by)
@@ -110,6 +114,7 @@ def grow(
 
     def start() -> list[dict]:
         """Global rank 0 alone: decide what out_dir holds (rundir's rules), write the settings, read the rows."""
+        check_out_dir(out_dir, reference_dir)
         started = (out_dir / SETTINGS).is_file()
         if not started and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
             raise InherituneError(f"{str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite true")

@@ -45,6 +45,9 @@ def build_width_child(
     from litgpt_inheritune.shape import check_standard, prune_state_dict, shape_record, target_sizes, top_k_keep
 
     reference_dir, out_dir = Path(reference_dir), Path(out_dir)
+    from litgpt_inheritune.checks import check_out_dir
+
+    check_out_dir(out_dir, reference_dir)  # a file, an unwritable place, inside the reference: before any work
     if (out_dir / "lit_model.pth").exists() and not overwrite:
         raise InherituneError(f"{str(out_dir)!r} already holds a checkpoint; choose another --out_dir or pass --overwrite true")
     if target is None:

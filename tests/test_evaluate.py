@@ -10,8 +10,9 @@ from litgpt_inheritune.errors import InherituneError
 from litgpt_inheritune.tasks import collect, convert_piqa, task_scores, write_pydoc_cloze
 
 
-def litgpt(*args):
-    return subprocess.run([sys.executable, "-m", "litgpt", *args], capture_output=True, text=True, timeout=900)
+def litgpt(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "litgpt", *args], capture_output=True, text=True, timeout=900,
+                          cwd=cwd)
 
 
 def test_child_and_reference_evaluate_offline_and_collect(tmp_path, tiny_reference):
@@ -23,8 +24,12 @@ def test_child_and_reference_evaluate_offline_and_collect(tmp_path, tiny_referen
     assert done.returncode == 0, done.stderr[-2000:]
     for name, checkpoint in (("child", child), ("reference", tiny_reference)):
         done = litgpt("inheritune_evaluate", str(checkpoint), "--tasks", "pydoc_cloze", "--include_path", str(tasks),
-                      "--out_dir", str(tmp_path / f"eval_{name}"), "--limit", "4", "--device", "cpu")
+                      "--out_dir", str(tmp_path / f"eval_{name}"), "--limit", "4", "--device", "cpu",
+                      cwd=tmp_path)  # outside any git repository
         assert done.returncode == 0, done.stderr[-3000:]
+        # quiet of harmless alarms, and the converted weights are gone (LitGPT would reuse them, whole or not)
+        assert "not a git repository" not in done.stderr and "gemm_4bit_forward" not in done.stderr
+        assert not (tmp_path / f"eval_{name}" / "pytorch_model.bin").exists()
     # The config.json trap: the model lm-eval ran is the child's depth, not the reference's.
     assert json.loads((tmp_path / "eval_child" / "config.json").read_text())["num_hidden_layers"] == 2
     assert json.loads((tmp_path / "eval_reference" / "config.json").read_text())["num_hidden_layers"] == 6

@@ -214,3 +214,46 @@ def test_text_is_prepared_whole_with_a_private_litdata_cache(tmp_path, tiny_refe
     before = snapshot(data.out_path_train)
     prepare_text_files(data)  # complete: left as it is
     assert snapshot(data.out_path_train) == before
+
+
+def test_killed_data_preparation_ends_quietly_and_its_spill_is_removed_next_time(tmp_path, tiny_reference):
+    """kill -9 of `litgpt inheritune_data` (the parent only) while two workers tokenize: the workers end at once
+    without tracebacks, and the next run removes the spill dir the killed one left in $TMPDIR."""
+    import signal
+    import sys
+    import time
+
+    from pydoc_data.topics import topics
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = [topics[name] for name in sorted(topics)]
+    for i in range(6):
+        (corpus / f"part-{i}.jsonl").write_text("".join(json.dumps({"text": texts[j % len(texts)]}) + "\n"
+                                                        for j in range(i, i + 400)))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "litgpt", "inheritune_data", str(corpus), str(tiny_reference), "--val_tokens",
+               "1000", "--num_workers", "2"]
+    process = subprocess.Popen(command + ["--fraction", "0.9", "--out_dir", str(tmp_path / "killed")], env=env,
+                               stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not any(p.stat().st_size > 0 for p in scratch.glob("inheritune-data-*/spill-*")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    _, stderr = process.communicate()
+    time.sleep(2)
+    with pytest.raises(ProcessLookupError):  # no worker of the killed run is left
+        os.killpg(process.pid, 0)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]
+    left = list(scratch.glob("inheritune-data-*"))
+    assert left and not (tmp_path / "killed").exists()
+
+    done = subprocess.run(command + ["--tokens", "20000", "--out_dir", str(tmp_path / "next")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not any(p.exists() for p in left) and (tmp_path / "next" / "summary.json").is_file()
