@@ -16,15 +16,26 @@ TARGET = "litgpt.__main__"
 
 
 def declared_commands() -> dict:
-    """name -> function for every command declared in the ``litgpt.commands`` entry-point group."""
+    """name -> function for every command declared in the ``litgpt.commands`` entry-point group. A declared command
+    that fails to load is left out with a one-line warning: one broken plugin must not break all of `litgpt`."""
     from importlib.metadata import entry_points
 
-    return {ep.name: ep.load() for ep in entry_points(group=GROUP)}
+    commands = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            commands[ep.name] = ep.load()
+        except Exception as exc:  # any error of another package's import
+            print(f"warning: litgpt command {ep.name!r} ({ep.value}) is left out: it failed to load "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+    return commands
 
 
 def patch(namespace: dict) -> None:
-    """Registers the declared commands in a loaded ``litgpt.__main__`` namespace (idempotent)."""
+    """Registers the declared commands in a loaded ``litgpt.__main__`` namespace (idempotent). The patch itself is
+    "litgpt.parser_commands" in ``litgpt_inheritune.patches``."""
     import litgpt.parser_config as parser_config
+
+    from litgpt_inheritune.patches import set_parser_commands
 
     commands = declared_commands()
     namespace["PARSER_DATA"].update(commands)
@@ -35,7 +46,7 @@ def patch(namespace: dict) -> None:
         return names + [name for name in commands if name not in names]
 
     parser_commands.__wrapped_commands__ = original
-    parser_config.parser_commands = parser_commands
+    set_parser_commands(parser_config, parser_commands)
     namespace["parser_commands"] = parser_commands
 
 

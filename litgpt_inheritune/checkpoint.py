@@ -304,9 +304,9 @@ def safe_saves(pretrain_module) -> Iterator[None]:
             tempfile.tempdir = staging
         fabric.barrier()
 
-    from unittest import mock
+    from litgpt_inheritune import patches
 
-    with mock.patch.object(pretrain_module, "save_checkpoint", save_checkpoint):
+    with patches.patched("pretrain.save_checkpoint", save_checkpoint):
         yield
 
 

@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
-from unittest import mock
 
 from litgpt.data import DataModule
 
+from litgpt_inheritune import patches
 from litgpt_inheritune.errors import InherituneError
 from litgpt_inheritune.mixture import dbl_update, normalize_weights
 
@@ -102,7 +102,7 @@ def _weighted_mixture_class():
 
         def __iter__(self):
             iterator = super().__iter__()
-            iterator._weights = _LiveWeights(self.shared)  # the seeded draws stay the same; their odds follow DBL
+            patches.set_live_weights(iterator, _LiveWeights(self.shared))  # same seeded draws, odds follow DBL
             return iterator
 
         def state_dict(self, num_workers: int, batch_size: int, num_samples_yielded=None) -> dict[str, Any]:
@@ -139,8 +139,7 @@ def _resuming_loader_class():
 
         def load_state_dict(self, obj: dict[str, Any]) -> None:
             super().load_state_dict(obj)
-            if any(sum(counts) for counts in self._num_samples_yielded_wrapper.values()):
-                self.restore = True
+            patches.continue_from_state(self)
 
     return ResumingLoader
 
@@ -292,7 +291,7 @@ def _domain_losses(fabric, model, val_loader, max_iters: int, plain_validate) ->
             loss = plain_validate(fabric, model, loader, max_iters=max_iters, verbose=False)
             sums.append(float(loss)), counts.append(1.0)
         except RuntimeError as exc:  # the plain loop stacks an empty list when a domain has no batch here
-            if "expects a non-empty" not in str(exc):
+            if not patches.is_empty_stack(exc):
                 raise
             model.train()
             sums.append(0.0), counts.append(0.0)
@@ -363,7 +362,7 @@ def dbl_hooks(pretrain_module, out_dir: Path):
                                        "weights_by_rank": by_rank}) + "\n")
         return mean
 
-    with mock.patch.object(pretrain_module, "validate", validate), mock.patch.object(pretrain_module, "fit", fit):
+    with patches.patched("pretrain.validate", validate), patches.patched("pretrain.fit", fit):
         yield
 
 
@@ -378,7 +377,7 @@ def measure_reference_losses(reference_dir: Path, data: DomainMixture, max_iters
         try:
             losses[name] = loader_loss(fabric, model, loader, max_iters)
         except RuntimeError as exc:  # LitGPT's validate stacks an empty list when there is no batch
-            if "expects a non-empty" not in str(exc):
+            if not patches.is_empty_stack(exc):
                 raise
             raise InherituneError(f"domain {name!r} has no validation batch; give it more --val_tokens") from None
     return losses

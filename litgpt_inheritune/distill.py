@@ -16,8 +16,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
-from unittest import mock
 
+from litgpt_inheritune import patches
 from litgpt_inheritune.errors import InherituneError
 
 
@@ -100,5 +100,5 @@ def distillation(pretrain_module, reference_dir: Path, temperature: float = 2.0,
             teacher_logits = seen["teacher"](idx)
         return kd_loss(logits, teacher_logits, targets, temperature, alpha)
 
-    with mock.patch.object(pretrain_module, "GPT", Student), mock.patch.object(pretrain_module, "chunked_cross_entropy", loss):
+    with patches.patched("pretrain.GPT", Student), patches.patched("pretrain.chunked_cross_entropy", loss):
         yield seen

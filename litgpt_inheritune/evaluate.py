@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Literal
-from unittest import mock
 
+from litgpt_inheritune import patches
 from litgpt_inheritune.errors import InherituneError
 
 
@@ -65,9 +65,9 @@ def evaluate(
     try:
         for shots, names in groups.items():
             part = out_dir / f"results_{shots or 0}shot.json"
-            with mock.patch.object(evaluator, "simple_evaluate",
-                                   lambda *args, **kwargs: plain(*args, task_manager=manager, **kwargs)), \
-                    mock.patch.object(evaluator, "get_git_commit_hash", quiet_git_hash):
+            with patches.patched("lm_eval.simple_evaluate",
+                                 lambda *args, **kwargs: plain(*args, task_manager=manager, **kwargs)), \
+                    patches.patched("lm_eval.get_git_commit_hash", quiet_git_hash):
                 convert_and_evaluate(checkpoint_dir, tasks=",".join(names), out_dir=out_dir, num_fewshot=shots,
                                      batch_size=batch_size, device=device, limit=limit, seed=seed, save_filepath=part)
             result = json.loads(part.read_text())

@@ -1,7 +1,7 @@
 """Speed and memory options for training with LitGPT's own pretraining loop (``litgpt.pretrain``).
 
 Nothing here copies LitGPT's loop. :func:`apply` is a context manager to wrap around ``pretrain.setup``; each
-option patches one small piece of LitGPT for the duration of the call, with ``unittest.mock.patch``:
+option patches one small piece of LitGPT for the duration of the call, through ``litgpt_inheritune.patches``:
 
 ``fused_ce``
     Fused, chunked LM head + cross-entropy. The model returns its final hidden states instead of the
@@ -28,11 +28,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.nn as nn
 
+from litgpt_inheritune import patches
 from litgpt_inheritune.errors import InherituneError
 
 OPTIONS: dict[str, str] = {
@@ -97,7 +97,7 @@ def apply(
 
     with ExitStack() as stack:
         if "fused_ce" in names:
-            stack.enter_context(mock.patch.object(pretrain, "fit", _fit_with_fused_ce(pretrain.fit, fused_ce_chunk)))
+            stack.enter_context(patches.patched("pretrain.fit", _fit_with_fused_ce(pretrain.fit, fused_ce_chunk)))
         if "checkpoint" in names:
             stack.enter_context(checkpoint_blocks())
         if "cudnn_attention" in names:
@@ -130,7 +130,7 @@ def checkpoint_blocks() -> Iterator[None]:
             return checkpoint(stock_forward, self, x, *args, use_reentrant=False, **kwargs)
         return stock_forward(self, x, *args, **kwargs)
 
-    with mock.patch.object(Block, "forward", forward):
+    with patches.patched("model.Block.forward", forward):
         yield
 
 
@@ -165,7 +165,7 @@ def _fit_with_fused_ce(stock_fit, chunk: int):
         loss = partial(fused_loss, head=head, stock=pretrain.chunked_cross_entropy, chunk=chunk)
         head.__class__ = _HiddenStatesHead
         try:
-            with mock.patch.object(pretrain, "chunked_cross_entropy", loss):
+            with patches.patched("pretrain.chunked_cross_entropy", loss):
                 return stock_fit(fabric, devices, state, *args, **kwargs)
         finally:
             head.__class__ = nn.Linear

@@ -58,9 +58,9 @@ def use_strategy(pretrain_module, resolved: str) -> Iterator[None]:
     if resolved != "ddp":
         yield
         return
-    from unittest import mock
+    from litgpt_inheritune import patches
 
-    with mock.patch.object(pretrain_module, "FSDPStrategy", _DDPInsteadOfFSDP):
+    with patches.patched("pretrain.FSDPStrategy", _DDPInsteadOfFSDP):
         yield
 
 

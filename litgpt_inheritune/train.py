@@ -15,7 +15,6 @@ from contextlib import ExitStack
 from dataclasses import asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
-from unittest import mock
 
 from litgpt_inheritune.errors import InherituneError
 
@@ -25,7 +24,7 @@ from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
 from litgpt_inheritune.data_mixture import DomainMixture, dbl_hooks, measure_reference_losses
-from litgpt_inheritune import checks, rundir, speed, strategy
+from litgpt_inheritune import checks, patches, rundir, speed, strategy
 
 INITIAL = "initial"  # out_dir/initial holds the inherited, untrained child
 
@@ -235,12 +234,12 @@ def run(**arguments: Any) -> Path:
     from_initial = resume_from is None  # resuming before the first checkpoint restarts from initial
     with ExitStack() as stack:
         stack.enter_context(
-            mock.patch.object(
-                pretrain, "save_hyperparameters", lambda _fn, directory: write_hyperparameters(hyperparameters, directory)
+            patches.patched(
+                "pretrain.save_hyperparameters", lambda _fn, directory, *rest: write_hyperparameters(hyperparameters, directory)
             )
         )
         if not a.compile:
-            stack.enter_context(mock.patch("torch.compile", lambda model, *args, **kwargs: model))
+            stack.enter_context(patches.patched("torch.compile", lambda model, *args, **kwargs: model))
         stack.enter_context(dbl_hooks(pretrain, out_dir))  # per-domain validation of a DomainMixture
         stack.enter_context(speed.apply(speed_options))
         stack.enter_context(strategy.use_strategy(pretrain, resolved))

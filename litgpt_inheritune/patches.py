@@ -1,0 +1,193 @@
+"""Every place this package changes another project's code, in one list: the upgrade checklist.
+
+Each patch names what it replaces (module and attribute), the upstream versions it was written against (the pins in
+pyproject.toml), the parameters it relies on, and why it exists. ``patched(name, new)`` checks the target before
+replacing it for the duration of a ``with`` block (``unittest.mock.patch``, so it is always undone), and a target
+that moved or changed its signature stops the command with one line naming the patch. ``check_all()`` checks every
+patch at once (tests/test_patches.py runs it, so an upgrade of LitGPT fails there loudly, patch by patch).
+
+Nothing else in the package assigns to an attribute of litgpt, litdata, lm_eval or torch (a test greps for it).
+This module imports nothing heavy at import time: the start-up hook (``_hook``) uses it too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from litgpt_inheritune.errors import InherituneError
+
+
+@dataclass(frozen=True)
+class Patch:
+    module: str
+    attribute: str  # "name" or "Class.method"
+    versions: str  # the upstream package and versions it was written against
+    parameters: tuple[str, ...] | None  # leading parameter names the replacement relies on; None: not a function
+    why: str
+
+
+LITGPT, LITDATA, LM_EVAL, TORCH = "litgpt 0.5.13", "litdata 0.2.59", "lm-eval 0.4.9", "torch 2.7-2.13"
+
+PATCHES: dict[str, Patch] = {
+    "pretrain.save_hyperparameters": Patch(
+        "litgpt.pretrain", "save_hyperparameters", LITGPT, ("function", "checkpoint_dir"),
+        "LitGPT writes the CLI arguments of `litgpt pretrain`; checkpoints of `litgpt inheritune` get its own, so "
+        "their hyperparameters.yaml is a valid --config for `litgpt inheritune`"),
+    "pretrain.save_checkpoint": Patch(
+        "litgpt.pretrain", "save_checkpoint", LITGPT, ("fabric", "state", "tokenizer_dir", "checkpoint_file"),
+        "checkpoints staged beside their file and renamed whole; a full disk is one line, never half a checkpoint"),
+    "pretrain.fit": Patch(
+        "litgpt.pretrain", "fit", LITGPT, ("fabric", "devices", "state"),
+        "sees the training state (step of a per-domain validation); runs the fused LM head + loss (--speed)"),
+    "pretrain.validate": Patch(
+        "litgpt.pretrain", "validate", LITGPT, ("fabric", "model", "val_dataloader", "max_iters", "verbose"),
+        "per-domain validation of a DomainMixture and its dynamic batch loading"),
+    "pretrain.GPT": Patch(
+        "litgpt.pretrain", "GPT", LITGPT, None,
+        "knowledge distillation: the student returns its logits to the distillation loss"),
+    "pretrain.chunked_cross_entropy": Patch(
+        "litgpt.pretrain", "chunked_cross_entropy", LITGPT, ("logits", "targets", "chunk_size"),
+        "knowledge distillation and the fused loss replace the training loss (validation keeps LitGPT's)"),
+    "pretrain.FSDPStrategy": Patch(
+        "litgpt.pretrain", "FSDPStrategy", LITGPT, None,
+        "--strategy ddp: LitGPT builds FSDP for every multi-device run"),
+    "model.Block.forward": Patch(
+        "litgpt.model", "Block.forward", LITGPT, ("self", "x", "cos", "sin", "mask", "input_pos"),
+        "--speed checkpoint: activation checkpointing per block"),
+    "torch.compile": Patch(
+        "torch", "compile", TORCH, ("model",),
+        "--compile false: LitGPT's pretrain always compiles"),
+    "lm_eval.simple_evaluate": Patch(
+        "lm_eval.evaluator", "simple_evaluate", LM_EVAL, ("model", "model_args", "tasks"),
+        "`litgpt evaluate` builds no TaskManager: offline task YAMLs (--include_path) need one"),
+    "lm_eval.get_git_commit_hash": Patch(
+        "lm_eval.evaluator", "get_git_commit_hash", LM_EVAL, (),
+        "the same record without git's 'fatal: not a git repository' outside a repository"),
+    "litgpt.parser_commands": Patch(
+        "litgpt.parser_config", "parser_commands", LITGPT, (),
+        "LitGPT's fixed command table: the start-up hook adds the litgpt.commands entry points (with PARSER_DATA "
+        "of litgpt.__main__)"),
+    "litdata.CombinedDatasetIterator._weights": Patch(
+        "litdata.streaming.combined", "_CombinedDatasetIterator._weights", LITDATA, None,
+        "dynamic batch loading: the iterator draws with weights that change while it runs (a private attribute)"),
+    "litdata.StreamingDataLoader._num_samples_yielded_wrapper": Patch(
+        "litdata.streaming.dataloader", "StreamingDataLoader._num_samples_yielded_wrapper", LITDATA, None,
+        "resuming a weighted combined dataset where it stopped (litdata restarts its epoch; a private attribute)"),
+    "litdata.StreamingDataLoader.restore": Patch(
+        "litdata.streaming.dataloader", "StreamingDataLoader.restore", LITDATA, None,
+        "the flag that makes litdata's loader continue from its loaded state instead of restarting the epoch"),
+    "torch.stack.empty_message": Patch(
+        "torch", "stack", TORCH, None,
+        "LitGPT's validate stacks an empty list when a domain has no batch here: recognised by torch's message "
+        "'expects a non-empty TensorList'"),
+}
+
+_checked: set[str] = set()
+
+
+def _resolve(patch: Patch) -> tuple[Any, str, Any]:
+    """(owner object, attribute name, current value) of a patch's target."""
+    module = importlib.import_module(patch.module)
+    owner, *path = [module] + patch.attribute.split(".")
+    *parents, name = path
+    for part in parents:
+        owner = getattr(owner, part)
+    return owner, name, getattr(owner, name)
+
+
+def _source_mentions(owner: Any, name: str) -> bool:
+    try:
+        return name in inspect.getsource(owner)
+    except (OSError, TypeError):
+        return False
+
+
+def check(name: str) -> None:
+    """Raises ``InherituneError`` in one line when the target of patch ``name`` moved or changed its signature."""
+    if name in _checked:
+        return
+    patch = PATCHES[name]
+    problem = None
+    try:
+        if name == "torch.stack.empty_message":
+            import torch
+
+            try:
+                torch.stack([])
+                problem = "torch.stack([]) no longer raises"
+            except RuntimeError as exc:
+                if EMPTY_STACK not in str(exc):
+                    problem = f"its message is now {str(exc)!r}"
+        elif name.startswith("litdata."):  # private attributes, set in __init__ / methods: look in the source
+            class_name, attribute = patch.attribute.split(".")
+            owner = getattr(importlib.import_module(patch.module), class_name)
+            if not _source_mentions(owner, f"self.{attribute}"):
+                problem = f"{class_name} no longer sets self.{attribute}"
+        else:
+            _, _, target = _resolve(patch)
+            if patch.parameters is not None:
+                found = list(inspect.signature(target).parameters)
+                if found[:len(patch.parameters)] != list(patch.parameters):
+                    problem = f"its parameters are now {found}, the patch expects {list(patch.parameters)} first"
+    except (ImportError, AttributeError) as exc:
+        problem = f"it is gone ({exc})"
+    if problem:
+        raise InherituneError(
+            f"patch {name!r} ({patch.module}.{patch.attribute}, written for {patch.versions}) no longer fits: "
+            f"{problem}; install the pinned version or update litgpt_inheritune/patches.py"
+        )
+    _checked.add(name)
+
+
+def check_all() -> list[str]:
+    for name in PATCHES:
+        check(name)
+    return list(PATCHES)
+
+
+EMPTY_STACK = "expects a non-empty"  # torch's message for torch.stack([])
+
+
+def patched(name: str, new: Any):
+    """A context manager that replaces patch ``name``'s target with ``new`` while it is open (after checking it)."""
+    from unittest import mock
+
+    check(name)
+    owner, attribute, _ = _resolve(PATCHES[name])
+    return mock.patch.object(owner, attribute, new)
+
+
+def original(name: str) -> Callable:
+    """The current (unpatched, or outer-patched) value of patch ``name``'s target."""
+    check(name)
+    return _resolve(PATCHES[name])[2]
+
+
+def set_live_weights(iterator, weights) -> None:
+    """Patch "litdata.CombinedDatasetIterator._weights": the iterator of litdata's weighted combined dataset draws
+    each sample's dataset with ``weights`` (indexable), read at every draw."""
+    check("litdata.CombinedDatasetIterator._weights")
+    iterator._weights = weights
+
+
+def continue_from_state(loader) -> None:
+    """Patches "litdata.StreamingDataLoader._num_samples_yielded_wrapper" and ".restore": a loader whose loaded
+    state has samples already yielded continues from there (litdata does so only for unweighted mixtures)."""
+    check("litdata.StreamingDataLoader._num_samples_yielded_wrapper")
+    check("litdata.StreamingDataLoader.restore")
+    if any(sum(counts) for counts in loader._num_samples_yielded_wrapper.values()):
+        loader.restore = True
+
+
+def is_empty_stack(exc: BaseException) -> bool:
+    """Patch "torch.stack.empty_message": LitGPT's validate failed because it had no batch to stack."""
+    return isinstance(exc, RuntimeError) and EMPTY_STACK in str(exc)
+
+
+def set_parser_commands(parser_config, parser_commands: Callable) -> None:
+    """Patch "litgpt.parser_commands", for the start-up hook (which may not import torch, so it is not checked
+    here: tests/test_patches.py checks it)."""
+    parser_config.parser_commands = parser_commands
