@@ -129,8 +129,11 @@ def check(name: str) -> None:
         else:
             _, _, target = _resolve(patch)
             if patch.parameters is not None:
-                found = list(inspect.signature(target).parameters)
-                if found[:len(patch.parameters)] != list(patch.parameters):
+                signature = inspect.signature(inspect.unwrap(target))
+                found = list(signature.parameters)
+                wrapper = all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values())
+                # a pass-through wrapper (another patch, a benchmark's timer) says nothing about the target beneath
+                if not wrapper and found[:len(patch.parameters)] != list(patch.parameters):
                     problem = f"its parameters are now {found}, the patch expects {list(patch.parameters)} first"
     except (ImportError, AttributeError) as exc:
         problem = f"it is gone ({exc})"
