@@ -130,6 +130,8 @@ def run_arms(
 
     check_data(data)
     check_arms(arms, analysis)
+    if (train.epochs is None) == (train.max_tokens is None):
+        raise InherituneError("give the budget every arm shares as --train.epochs E or --train.max_tokens T (one of them)")
     config = load_reference_config(reference_dir)
     strategies.resolve(strategy, devices, num_nodes)  # a bad choice is refused before any work
     max_seq_length = train.max_seq_length or config.block_size
@@ -214,7 +216,7 @@ def setup(
         global_batch_size=8,
         micro_batch_size=1,
         lr_warmup_steps=100,
-        epochs=1,
+        epochs=None,
         max_seq_length=2048,
         max_norm=1.0,
         min_lr=3e-5,
@@ -249,7 +251,8 @@ def setup(
         out_dir: Directory for the arms' runs and the comparison.
         analysis: ``analysis.json`` from `litgpt inheritune_analyze` (for block_influence / angular_distance).
         precision: The precision to train in.
-        train: Training arguments as for `litgpt inheritune` (``epochs`` or ``max_tokens`` set the shared budget).
+        train: Training arguments as for `litgpt inheritune`: ``--train.epochs E`` or ``--train.max_tokens T`` sets
+            the budget every arm shares (give one of them).
         eval: Evaluation arguments; evaluations every ``eval.interval`` steps draw the curves.
         log: Logging arguments, as for `litgpt pretrain`.
         optimizer: An optimizer name or config.

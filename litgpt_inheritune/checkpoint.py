@@ -28,10 +28,7 @@ def load_reference_config(reference_dir: Path):
 
     reference_dir = Path(reference_dir)
     if not reference_dir.is_dir():
-        raise InherituneError(
-            f"reference dir {str(reference_dir)!r} does not exist; download or convert a model first "
-            "(litgpt download <repo> or litgpt convert_to_litgpt <dir>)"
-        )
+        raise InherituneError(f"reference dir {str(reference_dir)!r} does not exist; {download_hint(reference_dir)}")
     for name in ("lit_model.pth", "model_config.yaml"):
         if not (reference_dir / name).is_file():
             raise InherituneError(
@@ -42,6 +39,23 @@ def load_reference_config(reference_dir: Path):
         return Config.from_file(reference_dir / "model_config.yaml")
     except Exception as exc:  # a broken YAML or an unknown key
         raise InherituneError(f"cannot read {reference_dir / 'model_config.yaml'}: {exc}") from None
+
+
+GATED = ("meta-llama", "google", "mistralai")  # hub organisations whose models need an accepted licence and a token
+
+
+def download_hint(reference_dir: Path) -> str:
+    """The command that fetches a reference: ``litgpt download ORG/NAME`` for LitGPT's ``checkpoints/ORG/NAME``
+    layout (with the access token gated models need), else how to convert one."""
+    parts = Path(reference_dir).parts
+    if len(parts) >= 3 and parts[-3] == "checkpoints":
+        repo = f"{parts[-2]}/{parts[-1]}"
+        root = Path(*parts[:-3]) if len(parts) > 3 else None
+        command = f"litgpt download {repo}" + ("" if root is None else f" --checkpoint_dir {root / 'checkpoints'}")
+        if parts[-2] in GATED:
+            command += " --access_token $HF_TOKEN (a gated model: accept its licence on the hub first)"
+        return f"fetch it with: {command}"
+    return "download a model (litgpt download ORG/NAME) or convert one (litgpt convert_to_litgpt DIR) there"
 
 
 def load_state_dict_lazily(path: Path) -> Mapping:

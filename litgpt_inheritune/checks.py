@@ -131,10 +131,52 @@ def private_litdata_cache() -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+CACHE_ENV = "INHERITUNE_CACHE"
+
+
+def cache_root() -> Path:
+    """Where prepared text lives: ``$INHERITUNE_CACHE``, else ``$XDG_CACHE_HOME/litgpt-inheritune`` (``~/.cache``).
+    On several nodes, point ``INHERITUNE_CACHE`` at a shared filesystem."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "litgpt-inheritune"
+
+
+def locate_text_cache(data) -> Path | None:
+    """Points a connected ``TextFiles`` module's token dirs (LitGPT puts them inside the user's text folders) at a
+    cache dir named by what they are made of: the text files (path, name, size, time), the tokenizer and the
+    sequence length. The user's folders are never written to, and any rank computes the same place. Returns it."""
+    import hashlib
+
+    from litgpt.data import TextFiles
+
+    if not isinstance(data, TextFiles):
+        return None
+    h = hashlib.sha256()
+    for directory in (data.train_data_path, data.val_data_path):
+        if directory is None:
+            h.update(b"no val dir")
+            continue
+        directory = Path(directory).resolve()
+        h.update(str(directory).encode())
+        for path in sorted(directory.glob("*.txt")):
+            stat = path.stat()
+            h.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    tokenizer = data.tokenizer
+    if tokenizer is not None:
+        probe = "Inheritune caches tokens: 12345 café\n\tdef f(x): return x"
+        h.update(f"{tokenizer.vocab_size} {tokenizer.bos_id} {tokenizer.eos_id} {tokenizer.encode(probe).tolist()}".encode())
+    h.update(f"seq {data.max_seq_length}".encode())
+    cache = cache_root() / "text" / h.hexdigest()[:20]
+    data.out_path_train, data.out_path_val = cache / "train", cache / "val"
+    return cache
+
+
 def prepare_text_files(data) -> None:
-    """Prepares a connected ``TextFiles`` module's token dirs whole or not at all: each is built under a temporary
-    name beside its place and renamed when complete, with a private litdata staging folder; an incomplete one left
-    by an earlier crash is rebuilt (LitGPT would reuse it as it is). Other data modules are left to LitGPT."""
+    """Prepares a connected ``TextFiles`` module's token dirs in the cache (``locate_text_cache``) whole or not at
+    all: each is built under a temporary name beside its place and renamed when complete, with a private litdata
+    staging folder; an incomplete one left by an earlier crash is rebuilt (LitGPT would reuse it as it is). Other
+    data modules are left to LitGPT."""
     import copy
 
     from litgpt.data import TextFiles
@@ -143,6 +185,8 @@ def prepare_text_files(data) -> None:
 
     if not isinstance(data, TextFiles):
         return
+    locate_text_cache(data)
+    Path(data.out_path_train).parent.mkdir(parents=True, exist_ok=True)
     targets = {"out_path_train": Path(data.out_path_train), "out_path_val": Path(data.out_path_val)}
     staged = copy.copy(data)
     renames = []
@@ -172,3 +216,20 @@ def prepare_text_files(data) -> None:
     finally:
         for tmp, _ in renames:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def quiet_known_warnings() -> None:
+    """Silences warnings known to be harmless here: torch's 'pin_memory ... no accelerator' (LitGPT's loaders ask
+    for pinned memory on CPU too), printed once per loader and evaluation."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
+
+
+def cap_workers(data) -> None:
+    """A data module's DataLoader workers, at most the machine's cores (LitGPT's TextFiles asks for 4)."""
+    cores = os.cpu_count() or 1
+    workers = getattr(data, "num_workers", None)
+    if isinstance(workers, int) and workers > cores:
+        print(f"--data.num_workers {workers} is more than this machine's {cores} cores; using {cores}")
+        data.num_workers = cores

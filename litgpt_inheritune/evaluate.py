@@ -44,17 +44,33 @@ def evaluate(
         raise InherituneError(f"unknown --suite {suite!r}; choose from {list(SUITES)}")
     if include_path is not None and not Path(include_path).is_dir():
         raise InherituneError(f"--include_path {str(include_path)!r} is not a directory of task YAMLs")
+    out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir / "evaluate"
+    if suite == "offline" and include_path is None:  # the offline tasks are written here, from local files
+        from litgpt_inheritune.tasks import write_pydoc_cloze
+
+        include_path = write_pydoc_cloze(out_dir / "tasks")
     manager = TaskManager(include_path=str(include_path) if include_path else None)
     wanted = list(SUITES[suite]) if suite else [t.strip() for t in tasks.split(",") if t.strip()]
     unknown = [t for t in wanted if t not in manager.all_tasks]
     if unknown:
         raise InherituneError(f"lm-eval knows no task(s) {unknown}; check the names or pass --include_path with their YAMLs")
+    import os
+
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        root = str(Path(include_path).resolve()) if include_path else None
+        index = getattr(manager, "task_index", {})
+        local = {t for t in wanted if root and str(Path(str(index.get(t, {}).get("yaml_path", "/"))).resolve()).startswith(root)}
+        hub = [t for t in wanted if t not in local]
+        if hub:
+            raise InherituneError(
+                f"task(s) {hub} download their data from the hub, which is off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); "
+                "evaluate offline with --suite offline, or give --include_path with task YAMLs over local files"
+            )
     groups: dict[int | None, list[str]] = {}
     for task in wanted:
         shots = SUITES[suite][task] if suite else num_fewshot
         groups.setdefault(shots, []).append(task)
 
-    out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir / "evaluate"
     plain = evaluator.simple_evaluate
     merged: dict = {"results": {}, "n-shot": {}, "configs": {}, "versions": {}}
     # LitGPT converts the checkpoint into out_dir and reuses any pytorch_model.bin it finds there, whole or half
@@ -96,7 +112,7 @@ def quiet_git_hash() -> str | None:
 def setup(
     checkpoint_dir: Path,
     tasks: str | None = None,
-    suite: Literal["inheritune", None] = None,
+    suite: Literal["inheritune", "offline", None] = None,
     include_path: Path | None = None,
     out_dir: Path | None = None,
     num_fewshot: int | None = None,
@@ -115,7 +131,8 @@ def setup(
     Arguments:
         checkpoint_dir: A LitGPT checkpoint dir (lit_model.pth, model_config.yaml, config.json, tokenizer).
         tasks: Comma-separated lm-eval task names. Give this or ``suite``.
-        suite: A named suite of tasks with their shots.
+        suite: A named suite of tasks with their shots: ``inheritune`` (the paper's, from the hub) or ``offline``
+            (tasks written from files every Python has, into ``out_dir/tasks``: no download).
         include_path: A directory of extra lm-eval task YAMLs (e.g. offline tasks over local JSON lines files).
         out_dir: Where the converted model and results go.
         num_fewshot: Shots for ``tasks`` (a suite sets its own).
@@ -137,8 +154,9 @@ def collect_setup(
     tasks: list[str] | None = None,
     out: Path | None = None,
 ) -> None:
-    """Write one markdown table of several models' lm-eval results: rows models, columns tasks, the average and
-    the percentage of the reference's average (the form of the papers' tables).
+    """Write one markdown table of several models' lm-eval results, in the form of the papers' tables.
+
+    Rows are models, columns tasks, then the average and the percentage of the reference's average.
 
     Arguments:
         results: ``{model name: results.json}`` (from `litgpt inheritune_evaluate` or `litgpt evaluate`).

@@ -84,6 +84,8 @@ def prune(
     if isinstance(data, DomainMixture):
         data.check()
     checks.check_data(data)
+    checks.cap_workers(data)
+    checks.quiet_known_warnings()
     config = load_reference_config(reference_dir)
     check_prunable(config)
     sizes = target_sizes(config, target)
@@ -128,6 +130,7 @@ def prune(
     seq = train.max_seq_length or config.block_size
     accumulate = train.gradient_accumulation_iters(fabric.world_size)
     data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size, max_seq_length=seq)
+    checks.locate_text_cache(data)  # where rank 0 prepared it (TextFiles)
     with fabric.rank_zero_first():
         data.prepare_data()
     data.setup()
@@ -318,8 +321,10 @@ def setup(
     overwrite: bool = False,
     strategy: Literal["auto", "ddp", "fsdp"] = "auto",
 ) -> None:
-    """Targeted structured pruning (Sheared-LLaMA): learn which blocks, query groups, heads, MLP and embedding
-    channels to keep for an exact target shape, then write that child as a LitGPT checkpoint in ``out_dir/final``.
+    """Targeted structured pruning (Sheared-LLaMA): a child of an exact target shape, with learned masks.
+
+    Learns which blocks, query groups, heads, MLP and embedding channels to keep for the target shape, then writes
+    that child as a LitGPT checkpoint in ``out_dir/final``.
 
     Every forward samples hard-concrete masks; the loss is the LM loss plus, per mask type, lambda_1 (s - t) +
     lambda_2 (s - t)^2 with s the expected sparsity and t the target's, warmed up linearly over

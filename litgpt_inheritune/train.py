@@ -44,7 +44,7 @@ def setup(
         global_batch_size=8,
         micro_batch_size=1,
         lr_warmup_steps=1000,
-        epochs=8,
+        epochs=None,
         max_seq_length=2048,
         max_norm=1.0,
         min_lr=3e-5,
@@ -85,8 +85,9 @@ def setup(
             or ``'auto'`` to resume if one exists. Resuming reuses ``out_dir/initial``; nothing is inherited again.
         data: A LitGPT data module, e.g. ``TextFiles`` or ``LitData``, or
             ``litgpt_inheritune.data_mixture.DomainMixture`` for weighted domains with dynamic batch loading.
-        train: Training arguments as for `litgpt pretrain`. ``epochs`` is turned into ``max_tokens`` from the size
-            of the data module's train set; give ``max_tokens`` instead for an infinite or unsized dataset.
+        train: Training arguments as for `litgpt pretrain`. The budget: ``--train.epochs E`` (passes over the data
+            module's train set, turned into ``max_tokens`` from its size; the paper trains 8) or
+            ``--train.max_tokens T`` (for an infinite or unsized dataset too): give one of them.
         eval: Evaluation arguments, as for `litgpt pretrain`.
         log: Logging arguments, as for `litgpt pretrain`.
         optimizer: An optimizer name (such as "AdamW") or config.
@@ -131,6 +132,8 @@ def run(**arguments: Any) -> Path:
     if isinstance(a.data, DomainMixture):
         a.data.check()
     checks.check_data(a.data)
+    checks.cap_workers(a.data)
+    checks.quiet_known_warnings()
     extra = sorted(set(a.optimizer) - {"class_path", "init_args"}) if isinstance(a.optimizer, dict) else []
     if extra:  # LitGPT builds the optimizer from class_path and init_args only: anything else is silently dropped
         raise InherituneError(
@@ -220,6 +223,12 @@ def run(**arguments: Any) -> Path:
 
     prepared = rundir.rank_zero_value(out_dir, "inheritune", start, what="preparing the run")
     child = Config.from_file(initial / "model_config.yaml")
+    if not rundir.is_rank_zero():  # rank 0 prepared the text in the cache: the others point at the same place
+        from litgpt import Tokenizer
+
+        a.data.connect(tokenizer=Tokenizer(a.tokenizer_dir or a.reference_dir), batch_size=train.micro_batch_size,
+                       max_seq_length=train.max_seq_length or child.block_size)
+        checks.locate_text_cache(a.data)
     if prepared["reference_losses"] is not None:
         a.data.reference_losses = prepared["reference_losses"]
     resume_from = None if prepared["resume_from"] is None else Path(prepared["resume_from"])

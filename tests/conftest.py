@@ -4,6 +4,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Prepared text (litgpt_inheritune.checks) goes to a cache of this test session, not the user's ~/.cache.
+import tempfile
+
+os.environ["INHERITUNE_CACHE"] = tempfile.mkdtemp(prefix="inheritune-test-cache-")
 
 import shutil
 from pathlib import Path
@@ -67,3 +71,7 @@ def raw_text(tmp_path, text_dirs) -> Path:
     for path in sorted(text_dirs[0].glob("*.txt")):
         (directory / path.name).write_text(path.read_text())
     return directory
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(os.environ["INHERITUNE_CACHE"], ignore_errors=True)

@@ -189,12 +189,15 @@ def test_broken_tokenizer_and_text_are_one_line_errors_before_out_dir_is_touched
 def test_text_is_prepared_whole_with_a_private_litdata_cache(tmp_path, tiny_reference, text_dirs):
     from litgpt import Tokenizer
 
-    from litgpt_inheritune.checks import prepare_text_files
+    from litgpt_inheritune.checks import locate_text_cache, prepare_text_files
 
     data = small_text(tmp_path, text_dirs)
+    inputs = snapshot(tmp_path / "train_txt"), snapshot(tmp_path / "val_txt")
     data.connect(Tokenizer(tiny_reference), batch_size=2, max_seq_length=32)
+    cache = locate_text_cache(data)
+    assert cache.parent.parent == Path(os.environ["INHERITUNE_CACHE"])
     # What a preparation killed half-way (or emptied by another one) leaves: a dir without a usable index.
-    (data.out_path_train).mkdir()
+    data.out_path_train.mkdir(parents=True)
     (data.out_path_train / "chunk-0-0.bin").write_bytes(b"half")
     seen = []
     plain = litdata.optimize
@@ -214,6 +217,18 @@ def test_text_is_prepared_whole_with_a_private_litdata_cache(tmp_path, tiny_refe
     before = snapshot(data.out_path_train)
     prepare_text_files(data)  # complete: left as it is
     assert snapshot(data.out_path_train) == before
+    # the user's text folders were only read
+    assert (snapshot(tmp_path / "train_txt"), snapshot(tmp_path / "val_txt")) == inputs
+    assert all(p.suffix == ".txt" for p in (tmp_path / "train_txt").iterdir())
+    # another sequence length or other text is another cache entry; the same inputs find the same one
+    (tmp_path / "again").mkdir()
+    again = small_text(tmp_path / "again", text_dirs)
+    again.connect(Tokenizer(tiny_reference), batch_size=2, max_seq_length=32)
+    assert locate_text_cache(again) != cache  # other folders
+    data.connect(Tokenizer(tiny_reference), batch_size=2, max_seq_length=64)
+    assert locate_text_cache(data) != cache
+    data.connect(Tokenizer(tiny_reference), batch_size=2, max_seq_length=32)
+    assert locate_text_cache(data) == cache
 
 
 def test_killed_data_preparation_ends_quietly_and_its_spill_is_removed_next_time(tmp_path, tiny_reference):

@@ -133,6 +133,7 @@ def test_two_processes_train_as_one_resume_after_kill_and_overwrite(tmp_path, ti
     assert_same_weights(resumed["model"], two["model"], atol=1e-6)
     assert (run / "initial" / "lit_model.pth").stat().st_mtime_ns == initial_after  # nothing inherited again
     assert not list(run.parent.glob(".run.*")) and not list(run.glob("**/.*.tmp*"))  # no staging debris
+    assert [p.name for p in eight_samples[0].iterdir()] == ["one.txt"]  # the user's text folder was only read
 
 
 def test_domain_weights_are_one_mixture_on_every_rank(tmp_path, tiny_reference, smollm2_dir):

@@ -1,0 +1,53 @@
+"""README's "Your first own run" commands, copied from README.md and run as written (bash, in a folder laid out as
+the demo leaves it: checkpoints/SmolLM2-135M-Instruct and out/demo/data), so README cannot drift from the code."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_command(start: str) -> str:
+    lines = [line for line in README.read_text().splitlines() if line.startswith(start)]
+    assert len(lines) == 1, f"README.md should hold one line starting with {start!r}"
+    return lines[0]
+
+
+def test_first_own_run_commands_work_as_written(tmp_path, smollm2_dir, text_dirs):
+    train = readme_command(". .venv/bin/activate && litgpt inheritune checkpoints/")
+    evaluate = readme_command(". .venv/bin/activate && litgpt inheritune_evaluate ")
+    # The folder as the demo leaves it; `.venv/bin/activate` stands for the README's virtual environment.
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "SmolLM2-135M-Instruct").symlink_to(smollm2_dir)
+    for source, split in zip(text_dirs, ("train", "val")):
+        target = tmp_path / "out" / "demo" / "data" / split
+        target.mkdir(parents=True)
+        for path in sorted(source.glob("*.txt")):
+            shutil.copy(path, target / path.name)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "activate").write_text("")
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "demo" / "data").rglob("*")}
+
+    done = subprocess.run(["bash", "-c", train], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = tmp_path / "out" / "first" / "final"
+    state = torch.load(final / "lit_model.pth", weights_only=False)
+    assert state["iter_num"] == 4  # --train.max_tokens alone sets the budget: 2048 / (4 x 128)
+    assert json.loads((final / "config.json").read_text())["num_hidden_layers"] == 4
+    # the demo's text folders were only read
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "demo" / "data").rglob("*")} == before
+
+    done = subprocess.run(["bash", "-c", evaluate], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((final / "evaluate" / "results.json").read_text())
+    assert results["results"]["pydoc_cloze"]["perplexity,none"] > 1
+    assert not (final / "evaluate" / "pytorch_model.bin").exists()
