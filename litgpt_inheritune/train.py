@@ -253,6 +253,7 @@ def run(**arguments: Any) -> Path:
         stack.enter_context(speed.apply(speed_options))
         stack.enter_context(strategy.use_strategy(pretrain, resolved))
         stack.enter_context(safe_saves(pretrain))
+        stack.enter_context(patches.patched("pretrain.pprint", _OneLineSummary(out_dir)))
         pretrain.setup(
             model_name=child.name,
             model_config=child,
@@ -272,6 +273,24 @@ def run(**arguments: Any) -> Path:
             seed=a.seed,
         )
     return out_dir / "final"
+
+
+class _OneLineSummary:
+    """Stands in for the ``pprint`` module inside ``litgpt.pretrain``, which prints every argument at the start of a
+    run (about 100 lines): one line, and where the whole set is written."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def pformat(self, hparams: dict, *args, **kwargs) -> str:
+        config = hparams.get("model_config")
+        train = hparams.get("train")
+        parts = [f"{getattr(config, 'name', '?')} child, {getattr(config, 'n_layer', '?')} blocks",
+                 f"devices {hparams.get('devices')}", f"precision {hparams.get('precision')}",
+                 f"max_tokens {getattr(train, 'max_tokens', '?'):,}" if isinstance(getattr(train, "max_tokens", None), int)
+                 else "", f"resume {hparams.get('resume')}"]
+        return ("Training the " + ", ".join(p for p in parts if p)
+                + f"; every argument: {self.out_dir}/final/hyperparameters.yaml (and in each step-* checkpoint)")
 
 
 class _Args:

@@ -38,6 +38,12 @@ def test_first_own_run_commands_work_as_written(tmp_path, smollm2_dir, text_dirs
 
     done = subprocess.run(["bash", "-c", train], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    # readable output: one line of settings (the file has the rest), no known-harmless alarms
+    assert output.count("Training the SmolLM2-135M-Instruct child, 4 blocks") == 1
+    assert "'optimizer':" not in output and "pin_memory" not in output and "newer version of litdata" not in output
+    if (os.cpu_count() or 1) < 4:  # TextFiles asks for 4 DataLoader workers
+        assert f"using {os.cpu_count()}" in output
     final = tmp_path / "out" / "first" / "final"
     state = torch.load(final / "lit_model.pth", weights_only=False)
     assert state["iter_num"] == 4  # --train.max_tokens alone sets the budget: 2048 / (4 x 128)
@@ -51,3 +57,16 @@ def test_first_own_run_commands_work_as_written(tmp_path, smollm2_dir, text_dirs
     results = json.loads((final / "evaluate" / "results.json").read_text())
     assert results["results"]["pydoc_cloze"]["perplexity,none"] > 1
     assert not (final / "evaluate" / "pytorch_model.bin").exists()
+
+
+def test_every_command_has_a_whole_sentence_in_litgpt_help():
+    """`litgpt --help` shows the first line of each command's docstring: it must be a whole sentence."""
+    import inspect
+
+    from litgpt_inheritune._hook import declared_commands
+
+    commands = declared_commands()
+    assert len(commands) == 10
+    for name, function in commands.items():
+        first = inspect.getdoc(function).splitlines()[0]
+        assert first.endswith("."), f"{name}: {first!r}"
