@@ -62,7 +62,50 @@ def test_every_recipe_names_its_command():
         assert (HUB / f"{name}.yaml").is_file()
 
 
-@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+# One YAML per command and architecture family is trained (a subprocess through the real CLI, a few steps); the
+# others are parsed in-process with the command's own signature, as the CLI parses them, and their reference's
+# family config is built. Together: every YAML is valid for its command, every command and family runs.
+RUN = {"openllama3b_1b", "gpt2_medium_child16", "gpt2_small_grow", "smollm2_arms", "gpt2_small_reference"}
+
+
+def command_function(command: str):
+    from litgpt_inheritune._hook import declared_commands
+
+    if command == "pretrain":
+        from litgpt.pretrain import setup
+
+        return setup
+    return declared_commands()[command]
+
+
+@pytest.mark.parametrize("path", [p for p in YAMLS if p.stem not in RUN], ids=lambda p: p.stem)
+def test_config_hub_recipe_parses_for_its_command(path):
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_config_read_mode, set_docstring_parse_options
+
+    set_docstring_parse_options(attribute_docstrings=True)
+    set_config_read_mode(urls_enabled=False)
+    command = command_of(path)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(command_function(command))
+    config = parser.parse_args(["--config", str(path)])
+    parser.instantiate_classes(config)  # data modules and optimizers as the YAML gives them
+    raw = yaml.safe_load(path.read_text())
+    tiny = family_config(path, raw)  # its reference's architecture exists in LitGPT's zoo (or the YAML's config)
+    assert tiny.n_layer == TINY["n_layer"]
+    if command != "pretrain":
+        assert str(config.reference_dir) == str(raw["reference_dir"])
+
+
+def test_every_family_and_command_is_trained():
+    ran = {(command_of(HUB / f"{name}.yaml"), family_config(HUB / f"{name}.yaml",
+                                                            yaml.safe_load((HUB / f"{name}.yaml").read_text())).mlp_class_name)
+           for name in RUN}
+    every = {(command_of(p), family_config(p, yaml.safe_load(p.read_text())).mlp_class_name) for p in YAMLS}
+    assert every <= ran, f"no smoke run for {every - ran}"
+
+
+@pytest.mark.parametrize("path", [p for p in YAMLS if p.stem in RUN], ids=lambda p: p.stem)
 def test_config_hub_recipe_runs_a_smoke_version(path, tmp_path, smollm2_dir, text_dirs):
     config = yaml.safe_load(path.read_text())
     command = command_of(path)
@@ -105,3 +148,17 @@ def test_config_hub_recipe_runs_a_smoke_version(path, tmp_path, smollm2_dir, tex
 
     depth = Config.from_file(finals[0].parent / "model_config.yaml").n_layer
     assert depth == (TINY["n_layer"] if command == "pretrain" else 2) or command == "inheritune_grow"
+
+
+def test_in_process_parsing_catches_a_broken_recipe(tmp_path):
+    """The in-process parse is a real check: a misspelt key or a wrong type fails it, as it fails the CLI."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    for broken in ("n_layer: 13\n", "train:\n  epoch: 8\n", "n_layers: thirteen\n"):
+        path = tmp_path / "broken.yaml"
+        path.write_text("reference_dir: checkpoints/openlm-research/open_llama_3b\n" + broken)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--config", action=ActionConfigFile)
+        parser.add_function_arguments(command_function("inheritune"))
+        with pytest.raises(Exception):
+            parser.parse_args(["--config", str(path)])
