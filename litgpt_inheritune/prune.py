@@ -24,7 +24,7 @@ from typing import Literal
 from litgpt.args import EvalArgs, TrainArgs
 from litgpt.data import DataModule
 
-from litgpt_inheritune.errors import InherituneError
+from litgpt_inheritune.errors import InherituneError, disk_error
 
 STATE_FILE = "prune_state.pth"  # masks, multipliers, weights, optimizer and step of the latest save
 METRICS_FILE = "metrics.jsonl"
@@ -179,10 +179,21 @@ def prune(
                 sink.write(json.dumps(record) + "\n")
 
     def save() -> None:
+        """Saves under a temporary name in out_dir, staged there too (Lightning stages in $TMPDIR and moves, a copy
+        across filesystems), then renames: a full disk leaves the previous state whole and says so in one line."""
+        import tempfile
+
         tmp = out_dir / f".{STATE_FILE}.tmp"
-        fabric.save(tmp, state)
-        if fabric.global_rank == 0:
-            os.replace(tmp, state_path)
+        staging, tempfile.tempdir = tempfile.tempdir, str(out_dir)
+        try:
+            fabric.save(tmp, state)
+            if fabric.global_rank == 0:
+                os.replace(tmp, state_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise disk_error(exc, state_path) from None
+        finally:
+            tempfile.tempdir = staging
         fabric.barrier()
 
     batches = CycleIterator(train_loader)
