@@ -280,6 +280,19 @@ def newest_complete_checkpoint(out_dir: Path) -> tuple[Path | None, list[Path]]:
     return None, skipped
 
 
+class _SaveTo:
+    """A Fabric whose ``save`` writes to ``path`` whatever path it is given (everything else is the Fabric's)."""
+
+    def __init__(self, fabric, path: Path) -> None:
+        self._fabric, self._path = fabric, path
+
+    def save(self, _path, state, *args, **kwargs):
+        return self._fabric.save(self._path, state, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._fabric, name)
+
+
 @contextmanager
 def safe_saves(pretrain_module) -> Iterator[None]:
     """While open, `litgpt pretrain`'s ``save_checkpoint`` writes each checkpoint under a temporary name in its own
@@ -300,7 +313,7 @@ def safe_saves(pretrain_module) -> Iterator[None]:
         partial = directory / f".{checkpoint_file.name}.partial"
         staging, tempfile.tempdir = tempfile.tempdir, str(directory)
         try:
-            plain(fabric, state, tokenizer_dir, partial)
+            plain(_SaveTo(fabric, partial), state, tokenizer_dir, checkpoint_file)
             if fabric.global_rank == 0:
                 if tokenizer_dir is not None and (Path(tokenizer_dir) / PROMPT_STYLE).is_file():
                     shutil.copy(Path(tokenizer_dir) / PROMPT_STYLE, directory / PROMPT_STYLE)

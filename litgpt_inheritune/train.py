@@ -283,12 +283,13 @@ class _OneLineSummary:
         self.out_dir = out_dir
 
     def pformat(self, hparams: dict, *args, **kwargs) -> str:
-        config = hparams.get("model_config")
-        train = hparams.get("train")
-        parts = [f"{getattr(config, 'name', '?')} child, {getattr(config, 'n_layer', '?')} blocks",
+        config = hparams.get("model_config") if isinstance(hparams.get("model_config"), dict) else {}
+        train = hparams.get("train") if isinstance(hparams.get("train"), dict) else {}
+        tokens = train.get("max_tokens")
+        parts = [f"{config.get('name', '?')} child, {config.get('n_layer', '?')} blocks",
+                 f"{tokens:,} tokens" if isinstance(tokens, int) else "",
                  f"devices {hparams.get('devices')}", f"precision {hparams.get('precision')}",
-                 f"max_tokens {getattr(train, 'max_tokens', '?'):,}" if isinstance(getattr(train, "max_tokens", None), int)
-                 else "", f"resume {hparams.get('resume')}"]
+                 f"resume {hparams.get('resume')}"]
         return ("Training the " + ", ".join(p for p in parts if p)
                 + f"; every argument: {self.out_dir}/final/hyperparameters.yaml (and in each step-* checkpoint)")
 
