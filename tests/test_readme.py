@@ -70,3 +70,25 @@ def test_every_command_has_a_whole_sentence_in_litgpt_help():
     for name, function in commands.items():
         first = inspect.getdoc(function).splitlines()[0]
         assert first.endswith("."), f"{name}: {first!r}"
+
+
+def test_hub_tasks_offline_and_missing_references_name_the_way_on(tmp_path, tiny_reference, monkeypatch):
+    from litgpt_inheritune import evaluate, init
+    from litgpt_inheritune.errors import InherituneError
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    try:
+        evaluate.evaluate(tiny_reference, tasks="hellaswag", out_dir=tmp_path / "eval")
+        raise AssertionError("a hub task offline must stop before any work")
+    except InherituneError as exc:
+        assert "--suite offline" in str(exc) and "hellaswag" in str(exc)
+    assert not (tmp_path / "eval" / "pytorch_model.bin").exists()
+
+    for reference, command in (("checkpoints/openlm-research/open_llama_3b", "litgpt download openlm-research/open_llama_3b"),
+                               ("checkpoints/meta-llama/Llama-2-7b-hf", "--access_token")):
+        try:
+            init.setup(tmp_path / reference, n_layers=2, out_dir=tmp_path / "child")
+            raise AssertionError("a missing reference must stop")
+        except SystemExit as exc:
+            assert command in str(exc.code) and "\n" not in str(exc.code)
+    assert not (tmp_path / "child").exists()
