@@ -162,6 +162,8 @@ class DomainMixture(DataModule):
     """The per-domain loss to reach. Left empty with ``dynamic``, `litgpt inheritune` measures the reference model's."""
     smoothing: float = 1e-4
     """Share of the uniform mixture blended into each update (Sheared-LLaMA: 1e-4)."""
+    clip_excess: bool = False
+    """Clip each domain's excess loss at 0, as the paper's Algorithm 1 (default: unclipped, as its released code)."""
     seed: int = 42
     """Seeds the per-sample domain draws and each domain's shuffle."""
     num_workers: int = 4
@@ -264,7 +266,8 @@ class DomainMixture(DataModule):
         if self.dynamic and iter_num > mixture.dbl["last_update_iter"]:
             if references is None:
                 raise InherituneError("--data.dynamic true needs --data.reference_losses (or litgpt inheritune to measure them)")
-            mixture.set_weights(dbl_update(mixture.weights(), losses, references, smoothing=self.smoothing))
+            mixture.set_weights(dbl_update(mixture.weights(), losses, references, smoothing=self.smoothing,
+                                           clip_excess=self.clip_excess))
             mixture.dbl["last_update_iter"] = iter_num
         weights = mixture.weights()
         mixture.dbl["history"].append({"iter": iter_num, "losses": losses, "weights": weights})

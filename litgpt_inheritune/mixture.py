@@ -8,6 +8,10 @@ At each evaluation, with the child's held-out loss ``l_i`` and a reference loss 
 
 so domains where the child lags its reference get sampled more. Unlike the original code, a domain that had no
 validation samples in the window (loss missing or NaN) keeps its share instead of turning every weight into NaN.
+
+``delta`` is the raw excess loss, as in the released Sheared-LLaMA code (the default). The paper's Algorithm 1 clips
+it at zero (``clip_excess=True``): a domain the child already does better on than the reference then stops losing
+share for it. The default follows the code, whose numbers the paper reports.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def dbl_update(
     losses: Mapping[str, float | None],
     reference_losses: Mapping[str, float],
     smoothing: float = 1e-4,
+    clip_excess: bool = False,
 ) -> dict[str, float]:
     """One step of dynamic batch loading: new domain weights from per-domain validation and reference losses.
 
@@ -56,6 +61,8 @@ def dbl_update(
     for name, weight in weights.items():
         loss = losses.get(name)
         delta = 0.0 if loss is None or not math.isfinite(loss) else loss - reference_losses[name]
+        if clip_excess:
+            delta = max(delta, 0.0)
         logits[name] = (math.log(weight) if weight > 0 else -math.inf) + delta
     top = max(logits.values())
     exp = {name: math.exp(value - top) for name, value in logits.items()}

@@ -31,6 +31,21 @@ def test_matches_the_formula_by_hand():
     assert math.isclose(new["b"], 0.9 * (1 - alpha_a) + 0.05)
 
 
+def test_clipped_excess_as_the_papers_algorithm():
+    """The paper's Algorithm 1 clips the excess loss at 0 (the released code does not, the default here)."""
+    weights = {"a": 0.5, "b": 0.5}
+    losses, reference = {"a": 3.0, "b": 1.0}, {"a": 2.0, "b": 2.0}  # a lags by 1, b is ahead by 1
+    clipped = dbl_update(weights, losses, reference, smoothing=0.0, clip_excess=True)
+    raw = dbl_update(weights, losses, reference, smoothing=0.0)
+    # clipped: softmax(log 0.5 + [1, 0]); raw: softmax(log 0.5 + [1, -1])
+    assert math.isclose(clipped["a"], math.e / (math.e + 1))
+    assert math.isclose(raw["a"], math.e / (math.e + 1 / math.e))
+    assert raw["a"] > clipped["a"] > 0.5
+    # when no domain lags, the clipped rule leaves the weights alone
+    ahead = dbl_update(weights, {"a": 1.0, "b": 1.5}, reference, smoothing=0.0, clip_excess=True)
+    assert all(math.isclose(ahead[d], 0.5) for d in weights)
+
+
 def test_no_gap_keeps_the_weights_up_to_smoothing():
     new = dbl_update(INITIAL, REFERENCE, REFERENCE, smoothing=0.0)
     assert all(math.isclose(new[d], INITIAL[d]) for d in DOMAINS)
