@@ -280,6 +280,19 @@ def newest_complete_checkpoint(out_dir: Path) -> tuple[Path | None, list[Path]]:
     return None, skipped
 
 
+@contextmanager
+def staged_in(directory: Path) -> Iterator[None]:
+    """While open, temporary files (Lightning's ``fabric.save`` stages through fsspec in the temporary directory,
+    then moves) are made in ``directory``: the move is a rename on one filesystem, never a copy cut short."""
+    import tempfile
+
+    staging, tempfile.tempdir = tempfile.tempdir, str(directory)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = staging
+
+
 class _SaveTo:
     """A Fabric whose ``save`` writes to ``path`` whatever path it is given (everything else is the Fabric's)."""
 
@@ -300,8 +313,6 @@ def safe_saves(pretrain_module) -> Iterator[None]:
     moves it, a copy when that is another filesystem (a full disk then leaves half a checkpoint under the real
     name); here it stages beside the checkpoint. On an error the partial file, the staging file and a step dir made
     for it are removed, and the error becomes one line."""
-    import tempfile
-
     plain = pretrain_module.save_checkpoint
 
     def save_checkpoint(fabric, state, tokenizer_dir, checkpoint_file):
@@ -311,9 +322,9 @@ def safe_saves(pretrain_module) -> Iterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
         before = set(os.listdir(directory))
         partial = directory / f".{checkpoint_file.name}.partial"
-        staging, tempfile.tempdir = tempfile.tempdir, str(directory)
         try:
-            plain(_SaveTo(fabric, partial), state, tokenizer_dir, checkpoint_file)
+            with staged_in(directory):
+                plain(_SaveTo(fabric, partial), state, tokenizer_dir, checkpoint_file)
             if fabric.global_rank == 0:
                 if tokenizer_dir is not None and (Path(tokenizer_dir) / PROMPT_STYLE).is_file():
                     shutil.copy(Path(tokenizer_dir) / PROMPT_STYLE, directory / PROMPT_STYLE)
@@ -327,8 +338,6 @@ def safe_saves(pretrain_module) -> Iterator[None]:
             if new_dir and not any(directory.iterdir()):
                 directory.rmdir()
             raise disk_error(exc, checkpoint_file) from None
-        finally:
-            tempfile.tempdir = staging
         fabric.barrier()
 
     from litgpt_inheritune import patches

@@ -63,8 +63,8 @@ def prune(
     from litgpt_inheritune import checks, rundir
     from litgpt_inheritune import strategy as strategies
     from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
-                                              load_reference_config, load_state_dict_lazily, write_checkpoint,
-                                              write_json)
+                                              load_reference_config, load_state_dict_lazily, staged_in,
+                                              write_checkpoint, write_json)
     from litgpt_inheritune.data_mixture import (DomainMixture, _domain_losses, domain_mean, unwrap,
                                                 weights_on_every_rank)
     from litgpt_inheritune.inherit import reference_ties_embeddings
@@ -181,19 +181,15 @@ def prune(
     def save() -> None:
         """Saves under a temporary name in out_dir, staged there too (Lightning stages in $TMPDIR and moves, a copy
         across filesystems), then renames: a full disk leaves the previous state whole and says so in one line."""
-        import tempfile
-
         tmp = out_dir / f".{STATE_FILE}.tmp"
-        staging, tempfile.tempdir = tempfile.tempdir, str(out_dir)
         try:
-            fabric.save(tmp, state)
+            with staged_in(out_dir):
+                fabric.save(tmp, state)
             if fabric.global_rank == 0:
                 os.replace(tmp, state_path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise disk_error(exc, state_path) from None
-        finally:
-            tempfile.tempdir = staging
         fabric.barrier()
 
     batches = CycleIterator(train_loader)

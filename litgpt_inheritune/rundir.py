@@ -116,10 +116,10 @@ def _timeout() -> float:
 
 
 def _write_record(path: Path, record: dict) -> None:
+    from litgpt_inheritune.checkpoint import write_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    write_json(path, record)
 
 
 def _read_record(path: Path) -> dict | None:
