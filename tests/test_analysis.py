@@ -8,16 +8,8 @@ import sys
 import pytest
 import torch
 
-from litgpt_inheritune.analysis import (
-    analyze_model,
-    angular_distances,
-    attention_probabilities,
-    attention_rank,
-    column_mass,
-    normalized_entropy,
-    select_layers,
-    suggest_n,
-)
+from litgpt_inheritune.analysis.lazy_layers import analyze_model, angular_distances, attention_probabilities, attention_rank, column_mass, normalized_entropy, suggest_n
+from litgpt_inheritune.analysis.selection import select_layers
 from litgpt_inheritune.errors import InherituneError
 
 T = 10

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from litgpt.args import EvalArgs, TrainArgs
 
-from litgpt_inheritune.arms import check_arms, run_arms
+from litgpt_inheritune.experiments.arms import check_arms, run_arms
 from litgpt_inheritune.distill import kd_loss
 from litgpt_inheritune.errors import InherituneError
 

@@ -11,7 +11,8 @@ import torch
 from litgpt.args import EvalArgs, TrainArgs
 from litgpt.data import TextFiles
 
-from litgpt_inheritune import init, train
+from litgpt_inheritune.commands import init
+from litgpt_inheritune.commands import inheritune as train
 
 
 def snapshot(directory: Path) -> dict:

@@ -12,7 +12,9 @@ import pytest
 import torch
 import yaml
 
-from litgpt_inheritune import analyze, arms, data_subset, evaluate, grow, init, prune, train, width
+from litgpt_inheritune.commands import analyze, arms, evaluate, grow, init, prune, width
+from litgpt_inheritune.commands import data as data_subset
+from litgpt_inheritune.commands import inheritune as train
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

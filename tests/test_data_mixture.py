@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import torch
 
-from litgpt_inheritune.data_mixture import DBL_STATE, DomainMixture, domain_tokens
+from litgpt_inheritune.data.mixture import DBL_STATE, DomainMixture, domain_tokens
 from litgpt_inheritune.errors import InherituneError
 
 # Tokens tell the domain a sample came from: "low" uses ids below 100, "high" ids from 1000 up.
@@ -152,7 +152,7 @@ def text_mixture(tmp_path_factory, smollm2_dir) -> Path:
 def train_mixture(reference: Path, data_path: Path, out_dir: Path, max_tokens: int, **data_kwargs):
     from litgpt.args import EvalArgs, LogArgs, TrainArgs
 
-    from litgpt_inheritune.train import run
+    from litgpt_inheritune.training import run
 
     resume = data_kwargs.pop("resume", False)
     data = DomainMixture(data_path, num_workers=0, **data_kwargs)
@@ -220,7 +220,7 @@ def test_reference_losses_are_measured_when_not_given(tiny_reference, text_mixtu
     train_mixture(tiny_reference, text_mixture, out, max_tokens=2 * 2 * 32, dynamic=True)
     recorded = yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())["data"]["init_args"]
     assert set(recorded["reference_losses"]) == {"code", "prose"}
-    from litgpt_inheritune.data_mixture import measure_reference_losses
+    from litgpt_inheritune.data.mixture import measure_reference_losses
 
     again = DomainMixture(text_mixture, num_workers=0)
     again.connect(batch_size=2, max_seq_length=32)
@@ -236,7 +236,7 @@ def test_inheritune_data_split_by_domain_feeds_the_mixture(tiny_reference, tmp_p
 
     from pydoc_data.topics import topics
 
-    from litgpt_inheritune.data_subset import build_subset
+    from litgpt_inheritune.data.sampler import build_subset
 
     code = [piece for module in (json_module.decoder, json_module.encoder, os.path, inspect)
             for piece in inspect.getsource(module).split("\n\n\n") if len(piece) > 200]
@@ -263,7 +263,7 @@ def test_pruning_with_dynamic_batch_loading(tiny_reference, text_mixture, tmp_pa
     pruning stage runs with dynamic batch loading)."""
     from litgpt.args import EvalArgs, TrainArgs
 
-    from litgpt_inheritune.prune import prune
+    from litgpt_inheritune.pruning.training import prune
 
     data = DomainMixture(text_mixture, num_workers=0, dynamic=True, reference_losses={"code": 9.0, "prose": 11.0})
     out = tmp_path / "prune"

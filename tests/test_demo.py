@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from litgpt_inheritune.demo import main
+from litgpt_inheritune.demo.run import main
 
 
 @pytest.mark.slow

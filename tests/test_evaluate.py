@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.tasks import collect, convert_piqa, task_scores, write_pydoc_cloze
+from litgpt_inheritune.downstream.tasks import collect, convert_piqa, task_scores, write_pydoc_cloze
 
 
 def litgpt(*args, cwd=None):

@@ -18,7 +18,8 @@ import torch
 from litgpt.args import EvalArgs, TrainArgs
 from litgpt.data import TextFiles
 
-from litgpt_inheritune import init, train
+from litgpt_inheritune.commands import init
+from litgpt_inheritune.commands import inheritune as train
 from test_bad_input import one_line_error, snapshot
 from test_train import small_text
 
@@ -150,7 +151,7 @@ def test_full_disk_while_the_child_is_written(tmp_path, tiny_reference):
 
     free = shutil._ntuple_diskusage(10**12, 10**12, 0)
     with mock.patch("torch.save", torch_save_on_a_full_disk), mock.patch("shutil.disk_usage", return_value=free), \
-            mock.patch("litgpt_inheritune.init.check_out_dir"):  # the disk "fills" only once the write starts
+            mock.patch("litgpt_inheritune.commands.init.check_out_dir"):  # the disk "fills" only once the write starts
         message = one_line_error(lambda: init.setup(tiny_reference, n_layers=2, out_dir=out))
     assert "no space left on the device" in message and str(out) in message
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no child, no staging

@@ -6,7 +6,7 @@ import pytest
 from litgpt.args import EvalArgs, TrainArgs
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.grow import grow, parse_target, round_depths
+from litgpt_inheritune.experiments.grow import grow, parse_target, round_depths
 
 from test_train import small_text
 
@@ -62,7 +62,7 @@ def test_stops_at_the_first_round_that_matches_the_reference(tmp_path, tiny_refe
 
 
 def test_an_interrupted_growth_run_resumes_at_its_round(tmp_path, tiny_reference, text_dirs):
-    from litgpt_inheritune.train import run
+    from litgpt_inheritune.training import run
 
     trained = []
 

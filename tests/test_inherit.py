@@ -290,7 +290,7 @@ def test_moe_child_matches_reference_blocks():
 
 @pytest.mark.parametrize("family", ["llama", "gemma-2", "pythia"])
 def test_parts_attention_and_norms_only(family):
-    from litgpt_inheritune.init import pretrain_init_state_dict
+    from litgpt_inheritune.child import pretrain_init_state_dict
 
     layers = [0, 2, 5]
     reference = reference_model(family)
@@ -316,7 +316,7 @@ def test_parts_attention_and_norms_only(family):
 
 
 def test_parts_empty_is_the_init_model():
-    from litgpt_inheritune.init import pretrain_init_state_dict
+    from litgpt_inheritune.child import pretrain_init_state_dict
 
     reference = reference_model("llama")
     ref_state = reference.state_dict()
@@ -329,7 +329,7 @@ def test_parts_empty_is_the_init_model():
 
 
 def test_pretrain_init_is_seeded():
-    from litgpt_inheritune.init import pretrain_init_state_dict
+    from litgpt_inheritune.child import pretrain_init_state_dict
 
     config = child_config(tiny_config("llama"), [0, 1])
     a, b, c = (pretrain_init_state_dict(config, seed) for seed in (1, 1, 2))
@@ -345,7 +345,7 @@ def test_partial_parts_without_init_is_an_error():
 
 
 def test_init_dtype_follows_the_reference():
-    from litgpt_inheritune.init import pretrain_init_state_dict
+    from litgpt_inheritune.child import pretrain_init_state_dict
 
     reference = reference_model("llama").to(torch.bfloat16)
     init = pretrain_init_state_dict(child_config(reference.config, [0]), seed=0)  # float32
@@ -392,7 +392,7 @@ def test_untied_embeddings_stay_separate():
 
 
 def test_tie_is_dropped_when_only_the_embedding_is_inherited():
-    from litgpt_inheritune.init import pretrain_init_state_dict
+    from litgpt_inheritune.child import pretrain_init_state_dict
 
     reference = reference_model("llama")
     reference.lm_head.weight = reference.transformer.wte.weight
@@ -619,7 +619,7 @@ def reference_dir(tmp_path) -> Path:
 def test_init_setup_end_to_end(tmp_path, reference_dir, kwargs, layers):
     from litgpt.scripts.convert_lit_checkpoint import convert_lit_checkpoint
 
-    from litgpt_inheritune.init import setup
+    from litgpt_inheritune.commands.init import setup
 
     out = tmp_path / "child"
     setup(reference_dir, out_dir=out, seed=5, **kwargs)
@@ -656,7 +656,7 @@ def test_init_setup_end_to_end(tmp_path, reference_dir, kwargs, layers):
 
 
 def test_init_setup_refuses_existing_checkpoint(tmp_path, reference_dir):
-    from litgpt_inheritune.init import setup
+    from litgpt_inheritune.commands.init import setup
 
     out = tmp_path / "child"
     out.mkdir()
@@ -678,7 +678,7 @@ def test_init_setup_refuses_existing_checkpoint(tmp_path, reference_dir):
     ids=repr,
 )
 def test_init_setup_bad_input_is_one_line_and_writes_nothing(tmp_path, reference_dir, kwargs):
-    from litgpt_inheritune.init import setup
+    from litgpt_inheritune.commands.init import setup
 
     out = tmp_path / "child"
     with pytest.raises(SystemExit) as info:
@@ -689,7 +689,7 @@ def test_init_setup_bad_input_is_one_line_and_writes_nothing(tmp_path, reference
 
 
 def test_init_setup_missing_reference(tmp_path):
-    from litgpt_inheritune.init import setup
+    from litgpt_inheritune.commands.init import setup
 
     with pytest.raises(SystemExit) as info:
         setup(tmp_path / "nope", n_layers=1, out_dir=tmp_path / "child")

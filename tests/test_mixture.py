@@ -5,7 +5,7 @@ import math
 import pytest
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.mixture import dbl_update, normalize_weights
+from litgpt_inheritune.data.dbl import dbl_update, normalize_weights
 
 # Sheared-LLaMA's RedPajama domains, initial weights and its reference losses for a 1.3B target.
 DOMAINS = ["cc", "github", "book", "stackexchange", "wiki", "arxiv", "c4"]

@@ -151,7 +151,7 @@ def test_domain_weights_are_one_mixture_on_every_rank(tmp_path, tiny_reference, 
         write_stream(root / "val" / domain, docs[:4])
     env = environment(tmp_path)
     out = tmp_path / "run"
-    args = ["inheritune", tiny_reference, "--n_layers", "2", "--data", "litgpt_inheritune.data_mixture.DomainMixture",
+    args = ["inheritune", tiny_reference, "--n_layers", "2", "--data", "litgpt_inheritune.data.mixture.DomainMixture",
             "--data.data_path", root, "--data.dynamic", "true", "--data.num_workers", "0",
             "--train.epochs", "null", "--train.max_tokens", 8 * 4 * 32, "--train.global_batch_size", "4",
             "--train.micro_batch_size", "2", "--train.max_seq_length", "32", "--train.save_interval", "1000",
@@ -209,9 +209,9 @@ def test_grow_and_arms_write_one_set_of_outputs(tmp_path, tiny_reference, eight_
 def test_prune_ranks_hold_one_model_and_the_extracted_child_is_rank_zeros(tmp_path, tiny_reference, eight_samples):
     from litgpt import GPT, Config
 
-    from litgpt_inheritune.masks import PrunableGPT, PruningMasks, extraction
-    from litgpt_inheritune.prune import state_digest
-    from litgpt_inheritune.shape import prune_state_dict
+    from litgpt_inheritune.pruning.masks import PrunableGPT, PruningMasks, extraction
+    from litgpt_inheritune.pruning.training import state_digest
+    from litgpt_inheritune.pruning.shapes import prune_state_dict
 
     env = environment(tmp_path)
     out = tmp_path / "prune"

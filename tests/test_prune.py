@@ -8,15 +8,14 @@ from unittest import mock
 
 import pytest
 import torch
-import yaml
 from litgpt import GPT, Config
 from litgpt.args import EvalArgs, TrainArgs
 from litgpt.data import TextFiles
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.masks import PruningMasks
-from litgpt_inheritune.prune import prune
-from litgpt_inheritune.width import build_width_child
+from litgpt_inheritune.pruning.masks import PruningMasks
+from litgpt_inheritune.pruning.training import prune
+from litgpt_inheritune.pruning.width import build_width_child
 
 TARGET = {"n_layer": 4, "n_embd": 24, "n_head": 2, "n_query_groups": 1, "intermediate_size": 40}
 
@@ -70,7 +69,7 @@ def test_width_refuses_bad_input_before_work(tmp_path, tiny_reference, raw_text)
     with pytest.raises(InherituneError, match="already holds"):
         build_width_child(tiny_reference, TARGET, raw_text, out)
     assert (out / "lit_model.pth").read_text() == "keep me"
-    with mock.patch("litgpt_inheritune.importance.activation_importance", side_effect=AssertionError("no work")):
+    with mock.patch("litgpt_inheritune.pruning.importance.activation_importance", side_effect=AssertionError("no work")):
         with pytest.raises(InherituneError, match="from 1 to"):
             build_width_child(tiny_reference, {"n_embd": 64}, raw_text, tmp_path / "w2")
         with pytest.raises(InherituneError, match="head size"):
@@ -103,7 +102,7 @@ def test_prune_extracts_the_target_shape(tmp_path, tiny_reference, text_dirs):
     record = json.loads((final / "inheritune.json").read_text())
     assert record["method"] == "prune" and len(record["layers"]) == 4
     # The extracted child computes what the trained masked model computes with its deterministic masks.
-    from litgpt_inheritune.masks import PrunableGPT
+    from litgpt_inheritune.pruning.masks import PrunableGPT
 
     saved = torch.load(tmp_path / "prune" / "prune_state.pth", weights_only=False)["model"]
     reference_config = Config.from_file(tiny_reference / "model_config.yaml")

@@ -73,7 +73,8 @@ def test_every_command_has_a_whole_sentence_in_litgpt_help():
 
 
 def test_hub_tasks_offline_and_missing_references_name_the_way_on(tmp_path, tiny_reference, monkeypatch):
-    from litgpt_inheritune import evaluate, init
+    from litgpt_inheritune.commands import init
+    from litgpt_inheritune.downstream import evaluate
     from litgpt_inheritune.errors import InherituneError
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

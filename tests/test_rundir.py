@@ -5,7 +5,6 @@ import json
 import os
 import threading
 import time
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -150,7 +149,7 @@ def test_the_ddp_stand_in_keeps_litgpts_non_fsdp_init_path():
 
 
 def test_one_process_commands_do_nothing_on_other_ranks(tmp_path, tiny_reference, capsys):
-    from litgpt_inheritune import analyze, init
+    from litgpt_inheritune.commands import analyze, init
 
     with mock.patch.dict(os.environ, {"LOCAL_RANK": "1"}):
         init.setup(tiny_reference, n_layers=2, out_dir=tmp_path / "child")

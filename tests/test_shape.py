@@ -7,8 +7,8 @@ import torch
 from litgpt import GPT, Config
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.masks import PrunableGPT, PruningMasks, extraction, masked
-from litgpt_inheritune.shape import Keep, full_keep, prune_state_dict, target_sizes, top_k_keep
+from litgpt_inheritune.pruning.masks import PrunableGPT, PruningMasks, extraction, masked
+from litgpt_inheritune.pruning.shapes import Keep, full_keep, prune_state_dict, target_sizes, top_k_keep
 
 VOCAB, SEQ = 96, 12
 TINY = dict(n_layer=4, n_embd=32, head_size=8, intermediate_size=48, block_size=32, vocab_size=VOCAB,

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.subset import Candidate, document_key, iter_documents, select, select_per_domain
+from litgpt_inheritune.data.subset import Candidate, document_key, iter_documents, select, select_per_domain
 
 # RedPajama-v1 records: {"text": ..., "meta": {"redpajama_set_name": ...}}; texts are Python's reference prose.
 SETS = ["RedPajamaArXiv", "RedPajamaGithub", "RedPajamaWikipedia"]
@@ -108,7 +108,7 @@ def files(directory):
 def test_subset_shards_are_deterministic_and_readable_by_litgpt(tmp_path, corpus, tiny_reference):
     from litgpt.data import LitData
 
-    from litgpt_inheritune.data_subset import build_subset
+    from litgpt_inheritune.data.sampler import build_subset
 
     root, _ = corpus
     a = build_subset(root, tiny_reference, tmp_path / "a", tokens=3000, val_tokens=500, seed=7,
@@ -146,7 +146,7 @@ def test_cli_subset_then_inheritune_trains_on_it_for_whole_epochs(tmp_path, corp
     from litgpt.args import EvalArgs, TrainArgs
     from litgpt.data import LitData
 
-    from litgpt_inheritune.train import setup
+    from litgpt_inheritune.commands.inheritune import setup
 
     root, _ = corpus
     out = tmp_path / "subset"
@@ -166,7 +166,7 @@ def test_cli_subset_then_inheritune_trains_on_it_for_whole_epochs(tmp_path, corp
 
 
 def test_stratified_subset_follows_the_domain_weights(tmp_path, corpus, tiny_reference):
-    from litgpt_inheritune.data_subset import build_subset
+    from litgpt_inheritune.data.sampler import build_subset
 
     root, _ = corpus
     weights = {SETS[0]: 0.75, SETS[1]: 0.25}

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.subset import PRESETS, corpus_units, get_preset, iter_documents, lookup
+from litgpt_inheritune.data.subset import PRESETS, corpus_units, get_preset, iter_documents, lookup
 
 
 def texts(n: int, start: int = 0) -> list[str]:
@@ -23,7 +23,7 @@ def jsonl(records) -> str:
 
 
 def build(corpus, reference, out, **kwargs):
-    from litgpt_inheritune.data_subset import build_subset
+    from litgpt_inheritune.data.sampler import build_subset
 
     kwargs.setdefault("val_tokens", 300)
     kwargs.setdefault("num_workers", 1)

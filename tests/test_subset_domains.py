@@ -31,7 +31,7 @@ def corpus(tmp_path):
 def domain_tokens(corpus, reference) -> dict[str, list[int]]:
     from litgpt import Tokenizer
 
-    from litgpt_inheritune.subset import iter_documents
+    from litgpt_inheritune.data.subset import iter_documents
 
     tokenizer, found = Tokenizer(reference), {}
     for doc in iter_documents(corpus, domain_key="meta.redpajama_set_name"):
@@ -40,7 +40,7 @@ def domain_tokens(corpus, reference) -> dict[str, list[int]]:
 
 
 def build(corpus, reference, out, **kwargs):
-    from litgpt_inheritune.data_subset import build_subset
+    from litgpt_inheritune.data.sampler import build_subset
 
     kwargs.setdefault("domain_key", "meta.redpajama_set_name")
     return build_subset(corpus, reference, out, progress=False, **kwargs)

@@ -37,7 +37,7 @@ def corpus(tmp_path_factory):
 
 
 def build(corpus, reference, out, **kwargs):
-    from litgpt_inheritune.data_subset import build_subset
+    from litgpt_inheritune.data.sampler import build_subset
 
     kwargs = {"tokens": 8000, "val_tokens": 1000, "seed": 11, "domain_key": "meta.redpajama_set_name", **kwargs}
     return build_subset(corpus, reference, out, progress=False, **kwargs)
@@ -47,7 +47,7 @@ def build(corpus, reference, out, **kwargs):
                                   {"domain_weights": {DOMAINS[1]: 1, DOMAINS[2]: 1}, "split_by_domain": True}],
                          ids=["plain", "weights", "split_by_domain"])
 def test_workers_and_candidate_pass_do_not_change_the_shards(tmp_path, corpus, tiny_reference, mode, monkeypatch):
-    from litgpt_inheritune import data_subset
+    from litgpt_inheritune.data import sampler as data_subset
 
     everything = build(corpus, tiny_reference, tmp_path / "all", num_workers=1, candidate_pass=False, **mode)
     assert everything["passes"] == 1 and everything["tokenized_documents"] == everything["corpus_documents"] == 160

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.subset import UnreadableError, iter_documents
+from litgpt_inheritune.data.subset import UnreadableError, iter_documents
 
 
 def texts(n: int, start: int = 0) -> list[str]:
@@ -72,7 +72,7 @@ def corpora(tmp_path, bad_files):
 @pytest.mark.parametrize("num_workers, candidate_pass", [(1, False), (2, False), (2, True)])
 def test_skip_unreadable_leaves_the_files_out_whole(tmp_path, corpora, tiny_reference, capfd, num_workers,
                                                     candidate_pass):
-    from litgpt_inheritune.data_subset import build_subset
+    from litgpt_inheritune.data.sampler import build_subset
 
     clean, damaged = corpora
     out = tmp_path / f"out{num_workers}"
@@ -112,7 +112,7 @@ def test_cli_error_is_one_line(tmp_path, corpora, tiny_reference):
 
 
 def test_a_record_without_text_is_not_skipped(tmp_path, tiny_reference):
-    from litgpt_inheritune.data_subset import build_subset
+    from litgpt_inheritune.data.sampler import build_subset
 
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "a.jsonl").write_text(jsonl({"content": t} for t in texts(5)))

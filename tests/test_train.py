@@ -10,7 +10,7 @@ import yaml
 from litgpt.args import EvalArgs, TrainArgs
 from litgpt.data import TextFiles
 
-from litgpt_inheritune.train import setup
+from litgpt_inheritune.commands.inheritune import setup
 
 
 def small_text(tmp_path: Path, text_dirs, n_train: int = 3) -> TextFiles:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from litgpt.data import TextFiles
 
-from litgpt_inheritune.arms import plot_curves, val_curve
+from litgpt_inheritune.experiments.arms import plot_curves, val_curve
 from litgpt_inheritune.checkpoint import write_json
-from litgpt_inheritune.evaluation import val_loss
-from litgpt_inheritune.shape import parameter_count
+from litgpt_inheritune.validation import val_loss
+from litgpt_inheritune.pruning.shapes import parameter_count
 
 ARMS = {  # run dir under OUT -> what its child is
     "blocks": "Inheritune: first 11 of 30 blocks, full width",

@@ -13,9 +13,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 OUT=out/shape  # the paths in config_hub/smollm2_shape.yaml
 REF=checkpoints/SmolLM2-135M-Instruct
 TARGET='{n_layer: 24, n_embd: 448, n_head: 6, n_query_groups: 2, intermediate_size: 1024}'
-python -m litgpt_inheritune.smollm2 "$REF"
+python -m litgpt_inheritune.demo.smollm2 "$REF"
 if [ ! -d "$OUT/data/train" ]; then
-  python -c "from pathlib import Path; from litgpt_inheritune.demo import write_pydoc_text; write_pydoc_text(Path('$OUT/data'))"
+  python -c "from pathlib import Path; from litgpt_inheritune.demo.run import write_pydoc_text; write_pydoc_text(Path('$OUT/data'))"
 fi
 mkdir -p "$OUT/calib" && cp "$OUT"/data/train/*.txt "$OUT/calib/"  # raw text for calibration (TextFiles adds train/train)
 [ -f "$OUT/width_child/lit_model.pth" ] || litgpt inheritune_width "$REF" --target "$TARGET" --data "$OUT/calib" \

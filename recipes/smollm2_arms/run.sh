@@ -4,8 +4,8 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 OUT=out/smollm2_arms  # the paths in config_hub/smollm2_arms.yaml
-python -m litgpt_inheritune.smollm2 checkpoints/SmolLM2-135M-Instruct
-python -c "from pathlib import Path; from litgpt_inheritune.demo import write_pydoc_text; write_pydoc_text(Path('$OUT/data'))"
+python -m litgpt_inheritune.demo.smollm2 checkpoints/SmolLM2-135M-Instruct
+python -c "from pathlib import Path; from litgpt_inheritune.demo.run import write_pydoc_text; write_pydoc_text(Path('$OUT/data'))"
 litgpt inheritune_analyze checkpoints/SmolLM2-135M-Instruct --data "$OUT/data/train" --out_dir "$OUT/analysis" \
   --n_sequences 50 --seq_len 100 --overwrite true
 litgpt inheritune_arms --config config_hub/smollm2_arms.yaml

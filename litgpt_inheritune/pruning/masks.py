@@ -146,7 +146,7 @@ class PruningMasks(nn.Module):
 def check_prunable(config) -> None:
     """Learned pruning gates branch outputs before the residual sum, so post-branch norms would undo the gates."""
     from litgpt_inheritune.errors import InherituneError
-    from litgpt_inheritune.shape import check_standard
+    from litgpt_inheritune.pruning.shapes import check_standard
 
     check_standard(config, what="prune")
     if config.post_attention_norm or config.post_mlp_norm:
@@ -288,7 +288,7 @@ class PrunableGPT(nn.Module):
 def extraction(masks: PruningMasks, reference_config) -> tuple:
     """The target-shaped ``Keep`` and the mask values to fold (``scales`` of ``shape.prune_state_dict``) from the
     deterministic masks."""
-    from litgpt_inheritune.shape import Keep
+    from litgpt_inheritune.pruning.shapes import Keep
 
     c = reference_config
     v = masks.full(masks.deterministic())

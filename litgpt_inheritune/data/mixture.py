@@ -9,7 +9,7 @@ Training draws every sample's domain at random with the current weights (litdata
 one seeded draw per sample), so the mixture has no fixed length: an epoch ends when its first domain runs out, and
 then every domain starts a new shuffled pass. Validation measures a loss per domain (``eval.max_iters`` batches of
 each); the loss LitGPT prints is their plain mean, so it does not drift as the weights move. With
-``dynamic=True`` the weights follow ``litgpt_inheritune.mixture.dbl_update`` after every evaluation.
+``dynamic=True`` the weights follow ``litgpt_inheritune.data.dbl.dbl_update`` after every evaluation.
 
 The weights live in shared memory, so DataLoader workers see an update at once (after the batches they had
 already prefetched). They, the reference losses and the history of updates are part of the train dataloader's
@@ -30,7 +30,7 @@ from litgpt.data import DataModule
 
 from litgpt_inheritune import patches
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.mixture import dbl_update, normalize_weights
+from litgpt_inheritune.data.dbl import dbl_update, normalize_weights
 
 DBL_STATE = "inheritune_dbl"  # key of the mixture's state inside the dataloader's state dict
 HISTORY_FILE = "domain_weights.jsonl"
@@ -149,7 +149,7 @@ class DomainMixture(DataModule):
     """Mixes one litdata token stream per domain with weights; optionally re-weights them with Sheared-LLaMA's
     dynamic batch loading after every evaluation.
 
-    Use with ``litgpt inheritune --data litgpt_inheritune.data_mixture.DomainMixture --data.data_path DIR``.
+    Use with ``litgpt inheritune --data litgpt_inheritune.data.mixture.DomainMixture --data.data_path DIR``.
     """
 
     data_path: Path = Path("data/mixture")
@@ -372,7 +372,7 @@ def dbl_hooks(pretrain_module, out_dir: Path):
 def measure_reference_losses(reference_dir: Path, data: DomainMixture, max_iters: int, max_seq_length: int) -> dict[str, float]:
     """The reference model's mean loss on each domain's validation data (the first ``max_iters`` batches), with
     `litgpt pretrain`'s own ``validate``."""
-    from litgpt_inheritune.evaluation import loader_loss, validation_model
+    from litgpt_inheritune.validation import loader_loss, validation_model
 
     fabric, model = validation_model(reference_dir, max_seq_length)
     losses = {}

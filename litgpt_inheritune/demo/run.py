@@ -15,8 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from litgpt_inheritune.evaluation import val_loss
-from litgpt_inheritune.smollm2 import prepare_smollm2
+from litgpt_inheritune.validation import val_loss
+from litgpt_inheritune.demo.smollm2 import prepare_smollm2
 
 
 def write_pydoc_text(data_dir: Path) -> tuple[Path, Path]:
@@ -61,7 +61,7 @@ def main(
     from litgpt.args import EvalArgs, LogArgs, TrainArgs
     from litgpt.data import TextFiles
 
-    from litgpt_inheritune.train import run
+    from litgpt_inheritune.training import run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -130,7 +130,7 @@ def main(
     return results
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m litgpt_inheritune.demo runs demo/__main__.py
     from jsonargparse import CLI
 
     CLI(main)

@@ -1,4 +1,4 @@
-"""`litgpt inheritune_data`: cut a deterministic token-budget subset of a corpus into litdata-optimized shards.
+"""The sampler behind `litgpt inheritune_data`: cut a deterministic token-budget subset of a corpus into litdata-optimized shards.
 
 The output dir gets ``train/`` and ``val/`` (read them with ``--data LitData --data.data_path OUT
 --data.split_names '[train, val]'``) and ``summary.json``; with ``--split_by_domain true`` it gets
@@ -38,7 +38,6 @@ from typing import Any
 from unittest import mock
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.rundir import other_rank_skips
 
 CHARS_PER_TOKEN = 6.0  # assumed by the first threshold: more than BPE tokenizers give on prose (about 4), so safe
 MARGIN = 1.25  # on the measured ratio when a pass fell short
@@ -91,7 +90,7 @@ def _job(job: _Job, tokenizer):
 
 
 def _documents(unit_index: int):
-    from litgpt_inheritune.subset import unit_documents
+    from litgpt_inheritune.data.subset import unit_documents
 
     return unit_documents(_JOB.units[unit_index], _JOB.text_key, _JOB.domain_key)
 
@@ -100,7 +99,7 @@ def _scan_unit(unit_index: int) -> dict:
     """Characters per key bucket and domain of a unit's documents (no tokenizing, nothing kept per document)."""
     import numpy as np
 
-    from litgpt_inheritune.subset import UnreadableError, document_key
+    from litgpt_inheritune.data.subset import UnreadableError, document_key
 
     buckets, chars, domains = array("q"), array("d"), []  # 8 bytes a document (and a shared domain name)
     try:
@@ -130,7 +129,7 @@ def _tokenize_unit(task: tuple[int, float, float]) -> dict:
     """
     import numpy as np
 
-    from litgpt_inheritune.subset import UnreadableError, document_key
+    from litgpt_inheritune.data.subset import UnreadableError, document_key
 
     unit_index, lo, hi = task
     path, sink = _spill()
@@ -295,7 +294,7 @@ def _choose(candidates: list, budget: int, val_tokens: int, shares: dict[str, fl
 
     Raises ``NotEnoughTokens`` when the candidates (all, or a key-prefix of the corpus) fall short of a budget.
     """
-    from litgpt_inheritune.subset import group_by_domain, select, select_per_domain
+    from litgpt_inheritune.data.subset import group_by_domain, select, select_per_domain
 
     budgets = None if shares is None else {d: max(1, round(w * budget)) for d, w in shares.items() if w > 0}
     if not split_by_domain:
@@ -360,12 +359,12 @@ def build_subset(
     progress: bool = True,
     candidate_pass: bool = True,
 ) -> dict:
-    """``setup`` without the error conversion; returns the summary."""
+    """The body of the command (``commands``), raising ``InherituneError`` on bad input; returns the summary."""
     import numpy as np
 
     from litgpt_inheritune.checkpoint import atomic_dir, has_tokenizer
-    from litgpt_inheritune.mixture import normalize_weights
-    from litgpt_inheritune.subset import Candidate, NotEnoughTokens, corpus_units, get_preset
+    from litgpt_inheritune.data.dbl import normalize_weights
+    from litgpt_inheritune.data.subset import Candidate, NotEnoughTokens, corpus_units, get_preset
 
     out_dir = Path(out_dir)
     if (tokens is None) == (fraction is None):
@@ -541,55 +540,3 @@ def build_subset(
             (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary
-
-
-def setup(
-    corpus: Path,
-    tokenizer_dir: Path,
-    out_dir: Path = Path("data/inheritune_subset"),
-    tokens: int | None = None,
-    fraction: float | None = None,
-    val_tokens: int = 100_000,
-    seed: int = 42,
-    preset: str | None = None,
-    text_key: str = "text",
-    domain_key: str | None = None,
-    domain_weights: dict[str, float] | None = None,
-    stratify: bool = False,
-    split_by_domain: bool = False,
-    split: str | None = None,
-    skip_unreadable: bool = False,
-    num_workers: int | None = None,
-    overwrite: bool = False,
-) -> None:
-    """Write a seeded random subset of whole documents of a corpus, with a token budget, as litdata shards.
-
-    Arguments:
-        corpus: A file or a directory of .jsonl, .jsonl.zst, .parquet, .txt and .tar(.gz/.xz) files of .txt
-            documents (read in sorted order), datasets saved with HF ``save_to_disk`` and litdata dirs of text.
-        tokenizer_dir: The reference's checkpoint dir (its tokenizer encodes the text).
-        out_dir: Gets train/, val/ (litdata-optimized) and summary.json. Written to a temporary dir first.
-        tokens: Training tokens to take. Give this or ``fraction``.
-        fraction: Share of the corpus's tokens to take, e.g. 0.001.
-        val_tokens: Tokens of held-out documents for validation, chosen before the training subset (per domain
-            with ``split_by_domain``).
-        seed: Which documents are taken (the same seed, corpus and budget give byte-identical shards).
-        preset: A known corpus's layout and fields: redpajama_v1, redpajama_v1_sample, openwebtext or fineweb_edu.
-        text_key: The record field that holds the text (dotted for nested fields).
-        domain_key: The record field that names the domain, e.g. ``meta.redpajama_set_name``; counted in the summary.
-        domain_weights: Stratify: each domain's share of the training budget, e.g. ``{RedPajamaArXiv: 0.025, ...}``.
-        stratify: Stratify by the corpus's own proportions (each domain's share of the corpus's tokens).
-        split_by_domain: Write train/<domain>/ and val/<domain>/ as separate litdata dirs, one per domain.
-        split: The split of a saved HF DatasetDict to read (default: train).
-        skip_unreadable: Leave out corrupt or unreadable files (whole) with a warning instead of stopping.
-        num_workers: Processes that read and tokenize (default: up to 4); the output does not depend on it.
-        overwrite: Replace a non-empty ``out_dir``.
-    """
-    if other_rank_skips("inheritune_data"):
-        return
-    arguments = dict(locals())
-    try:
-        summary = build_subset(**arguments)
-    except InherituneError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    print(json.dumps(summary, indent=2))

@@ -25,8 +25,6 @@ from typing import Iterable, Sequence
 
 from litgpt_inheritune.errors import InherituneError
 
-SELECT = ("first", "even", "block_influence", "angular_distance")
-
 
 # --- metrics of one attention map (pure, checked against hand-computed values in the tests) ----------------------
 
@@ -99,7 +97,7 @@ def sample_sequences(corpus: Path, tokenizer, n_sequences: int, seq_len: int, se
     keys as `litgpt inheritune_data`), concatenated and cut. Streams the corpus twice; keeps only what it needs."""
     import torch
 
-    from litgpt_inheritune.subset import document_key, iter_documents
+    from litgpt_inheritune.data.subset import document_key, iter_documents
 
     need = n_sequences * seq_len
     keyed = sorted((document_key(seed, d.source, d.index), d.source, d.index, len(d.text))
@@ -127,7 +125,7 @@ def sample_sequences(corpus: Path, tokenizer, n_sequences: int, seq_len: int, se
 def check_sampling(config, reference_dir: Path, data: Path, n_sequences: int, seq_len: int, batch_size: int) -> None:
     """The cheap checks before a reference runs on ``sample_sequences`` of ``data`` (analysis, width calibration)."""
     from litgpt_inheritune.checkpoint import has_tokenizer
-    from litgpt_inheritune.subset import corpus_files
+    from litgpt_inheritune.data.subset import corpus_files
 
     for name, value in (("--n_sequences", n_sequences), ("--seq_len", seq_len), ("--batch_size", batch_size)):
         if value < 1:
@@ -299,57 +297,6 @@ def analyze_model(model, sequences, tau: float = 0.9, eta: float = 0.9, batch_si
 
 
 # --- choosing blocks ---------------------------------------------------------------------------------------------
-
-
-def select_layers(method: str, n_layers: int, reference_depth: int, analysis: dict | None = None) -> list[int]:
-    """The reference blocks a child of ``n_layers`` keeps, in order, chosen by ``method``:
-
-    - first: blocks 0..n-1 (Inheritune).
-    - even: n blocks spread evenly from the first to the last.
-    - block_influence: the n blocks with the largest block influence (ShortGPT drops the smallest).
-    - angular_distance: drops the run of K - n consecutive blocks whose input and output are closest in angle
-      (Gromov et al.), keeping the rest.
-    """
-    K = reference_depth
-    if method not in SELECT:
-        raise InherituneError(f"unknown --select {method!r}; choose from {list(SELECT)}")
-    if not isinstance(n_layers, int) or not 1 <= n_layers <= K:
-        raise InherituneError(f"--n_layers must be between 1 and the reference depth {K}, got {n_layers}")
-    if method == "first":
-        return list(range(n_layers))
-    if method == "even":
-        if n_layers == 1:
-            return [0]
-        return sorted({round(i * (K - 1) / (n_layers - 1)) for i in range(n_layers)})
-    if analysis is None:
-        raise InherituneError(f"--select {method} needs --analysis D/analysis.json from `litgpt inheritune_analyze`")
-    if analysis.get("n_blocks") != K:
-        raise InherituneError(
-            f"the analysis is of a {analysis.get('n_blocks')}-block model but the reference has {K}; analyze this reference"
-        )
-    if method == "block_influence":
-        scores = [b["block_influence"] for b in analysis["blocks"]]
-        keep = sorted(range(K), key=lambda l: (-scores[l], l))[:n_layers]
-        return sorted(keep)
-    drop = K - n_layers
-    if drop == 0:
-        return list(range(K))
-    table = analysis["angular_distance"]
-    start = min(range(K - drop + 1), key=lambda l: (table[l][drop], l))
-    return [l for l in range(K) if not start <= l < start + drop]
-
-
-def load_analysis(path: Path | None) -> dict | None:
-    import json
-
-    if path is None:
-        return None
-    path = Path(path)
-    if path.is_dir():
-        path = path / "analysis.json"
-    if not path.is_file():
-        raise InherituneError(f"no analysis at {str(path)!r}; run `litgpt inheritune_analyze` first")
-    return json.loads(path.read_text())
 
 
 def plot(analysis: dict, path: Path, title: str) -> None:
