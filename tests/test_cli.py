@@ -1,4 +1,9 @@
-"""Registration into the stock `litgpt` CLI, checked in subprocesses exactly as a user runs the commands."""
+"""Registration into the stock `litgpt` CLI.
+
+A few tests run `litgpt` in a subprocess exactly as a user does (registration at interpreter start-up, the console
+script, a YAML run); the help and parsing tests call LitGPT's own ``litgpt.__main__.main`` in this process, which
+builds the same parser from the same command table without starting Python and importing torch again.
+"""
 
 import inspect
 import json
@@ -31,6 +36,30 @@ def litgpt(*args: str, **kw) -> subprocess.CompletedProcess:
     return run(str(BIN / "litgpt"), *args, **kw)
 
 
+def litgpt_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """``litgpt ARGS`` through LitGPT's own entry point in this process: (exit code, stdout, stderr). The global
+    settings LitGPT's main changes (matmul precision, jsonargparse's URL mode) are restored afterwards."""
+    from unittest import mock
+
+    from jsonargparse import set_config_read_mode
+
+    import litgpt.__main__ as litgpt_main
+
+    precision = torch.get_float32_matmul_precision()
+    capsys.readouterr()
+    code = 0
+    try:
+        with mock.patch.object(sys, "argv", ["litgpt", *args]):
+            litgpt_main.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        set_config_read_mode(urls_enabled=False)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def test_litgpt_help_lists_our_commands_next_to_stock_ones():
     out = litgpt("--help").stdout
     for command in ("inheritune", "inheritune_init", "inheritune_data", "inheritune_analyze", "inheritune_grow",
@@ -43,9 +72,9 @@ def test_python_m_litgpt_also_has_the_commands():
     assert "inheritune_init" in out
 
 
-def test_stock_command_still_works():
-    out = litgpt("pretrain", "--help").stdout
-    assert "--initial_checkpoint_dir" in out
+def test_stock_command_still_works(capsys):
+    code, out, _ = litgpt_in_process(capsys, "pretrain", "--help")
+    assert code == 0 and "--initial_checkpoint_dir" in out
 
 
 @pytest.mark.parametrize("command, function", [("inheritune", train.setup), ("inheritune_init", init.setup),
@@ -54,8 +83,9 @@ def test_stock_command_still_works():
                                                ("inheritune_evaluate", evaluate.setup),
                                                ("inheritune_collect", evaluate.collect_setup),
                                                ("inheritune_width", width.setup), ("inheritune_prune", prune.setup)])
-def test_help_documents_every_argument(command, function):
-    out = litgpt(command, "--help").stdout
+def test_help_documents_every_argument(command, function, capsys):
+    code, out, _ = litgpt_in_process(capsys, command, "--help")
+    assert code == 0
     for name, parameter in inspect.signature(function).parameters.items():
         # Required arguments are positional (with a --name alias), the rest are options.
         shown = f"--{name}" if parameter.default is not inspect.Parameter.empty else name
@@ -116,19 +146,19 @@ def test_init_from_yaml_config_writes_a_child_that_stock_commands_accept(tmp_pat
     assert {int(k.split(".")[2]) for k in converted if k.startswith("model.layers.")} == {0, 1, 2}
 
 
-def test_unknown_yaml_key_is_rejected_before_any_work(tmp_path, tiny_reference):
+def test_unknown_yaml_key_is_rejected_before_any_work(tmp_path, tiny_reference, capsys):
     config = tmp_path / "bad.yaml"
     out = tmp_path / "run"
     config.write_text(yaml.safe_dump({"reference_dir": str(tiny_reference), "n_layers": 2, "out_dir": str(out),
                                       "train": {"epoch": 3}}))
-    result = litgpt("inheritune", "--config", str(config), check=False)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    code, _, err = litgpt_in_process(capsys, "inheritune", "--config", str(config))
+    assert code != 0
+    last = err.strip().splitlines()[-1]
     assert last.startswith("error:") and "train.epoch" in last
     assert not out.exists()
 
 
-def test_inheritune_from_yaml_trains_and_records_its_arguments(tmp_path, tiny_reference, text_dirs):
+def test_inheritune_from_yaml_trains_and_records_its_arguments(tmp_path, tiny_reference, text_dirs, capsys):
     train_dir, val_dir = text_dirs
     out = tmp_path / "run"
     config = {
@@ -155,19 +185,6 @@ def test_inheritune_from_yaml_trains_and_records_its_arguments(tmp_path, tiny_re
     assert hp["n_layers"] == 2 and hp["compile"] is False and hp["train"]["max_tokens"] == 256
     assert hp["optimizer"]["init_args"]["lr"] == 1e-3
     # The recorded hyperparameters are themselves a valid config for the same command.
-    replay = litgpt("inheritune", "--config", str(final / "hyperparameters.yaml"), "--print_config")
-    assert yaml.safe_load(replay.stdout)["n_layers"] == 2
-
-
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "config_hub").glob("*.yaml")), ids=lambda p: p.name)
-def test_config_hub_yaml_parses_with_the_real_cli(path):
-    import re
-
-    # A config names its command in its first line, e.g. "# `litgpt inheritune_arms --config ...`".
-    named = re.search(r"litgpt (\w+)", path.read_text().splitlines()[0])
-    command = named.group(1) if named else "inheritune"
-    printed = yaml.safe_load(litgpt(command, "--config", str(path), "--print_config").stdout)
-    written = yaml.safe_load(path.read_text())
-    for key, value in written.items():
-        if not isinstance(value, dict):
-            assert printed[key] == value, key
+    code, replay, _ = litgpt_in_process(capsys, "inheritune", "--config", str(final / "hyperparameters.yaml"),
+                                        "--print_config")
+    assert code == 0 and yaml.safe_load(replay)["n_layers"] == 2

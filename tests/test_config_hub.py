@@ -40,7 +40,7 @@ def family_config(path: Path, config: dict):
     return Config(**values)
 
 
-def tiny_checkpoint(directory: Path, config, smollm2_dir: Path) -> Path:
+def tiny_checkpoint(directory: Path, config, smollm2_tokenizer: Path) -> Path:
     import shutil
 
     import torch
@@ -52,7 +52,7 @@ def tiny_checkpoint(directory: Path, config, smollm2_dir: Path) -> Path:
     torch.save(GPT(config).state_dict(), directory / "lit_model.pth")
     save_config(config, directory)
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(smollm2_dir / name, directory / name)
+        shutil.copy(smollm2_tokenizer / name, directory / name)
     return directory
 
 
@@ -95,6 +95,9 @@ def test_config_hub_recipe_parses_for_its_command(path):
     assert tiny.n_layer == TINY["n_layer"]
     if command != "pretrain":
         assert str(config.reference_dir) == str(raw["reference_dir"])
+    for key, value in raw.items():  # the YAML's plain settings are what the command receives
+        if not isinstance(value, (dict, list)):
+            assert str(config[key]) == str(value), key
 
 
 def test_every_family_and_command_is_trained():
@@ -106,7 +109,7 @@ def test_every_family_and_command_is_trained():
 
 
 @pytest.mark.parametrize("path", [p for p in YAMLS if p.stem in RUN], ids=lambda p: p.stem)
-def test_config_hub_recipe_runs_a_smoke_version(path, tmp_path, smollm2_dir, text_dirs):
+def test_config_hub_recipe_runs_a_smoke_version(path, tmp_path, smollm2_tokenizer, text_dirs):
     config = yaml.safe_load(path.read_text())
     command = command_of(path)
     train_txt, val_txt = tmp_path / "train_txt", tmp_path / "val_txt"
@@ -127,9 +130,9 @@ def test_config_hub_recipe_runs_a_smoke_version(path, tmp_path, smollm2_dir, tex
     if command == "pretrain":
         for key, value in {**TINY, "n_query_groups": 4}.items():
             args += [f"--model_config.{key}", str(value)]
-        args += ["--tokenizer_dir", str(smollm2_dir), "--train.max_tokens", "128"]
+        args += ["--tokenizer_dir", str(smollm2_tokenizer), "--train.max_tokens", "128"]
     else:
-        reference = tiny_checkpoint(tmp_path / "reference", tiny, smollm2_dir)
+        reference = tiny_checkpoint(tmp_path / "reference", tiny, smollm2_tokenizer)
         args += ["--compile", "false"]
         if command == "inheritune_grow":
             args += ["--n_layers_start", "2", "--steps", "1"]

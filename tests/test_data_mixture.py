@@ -4,7 +4,6 @@ import json
 import os
 import re
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -21,15 +20,12 @@ def write_stream(directory: Path, documents: list[torch.Tensor]) -> None:
     from litdata import optimize
     from litdata.streaming import TokensLoader
 
-    import tempfile
-
-    cache = tempfile.mkdtemp(prefix="mixture-cache-")  # litdata's staging area, private to this call
-    private = {"DATA_OPTIMIZER_CACHE_FOLDER": cache + "/chunks", "DATA_OPTIMIZER_DATA_CACHE_FOLDER": cache + "/data"}
+    from litgpt_inheritune.checks import private_litdata_cache
 
     def emit(i):
         yield documents[i]
 
-    with mock.patch.dict(os.environ, private):
+    with private_litdata_cache():  # litdata's staging area, private to this call and removed after it
         optimize(fn=emit, inputs=list(range(len(documents))), output_dir=str(directory), num_workers=1,
                  chunk_bytes="64KB", item_loader=TokensLoader(), start_method="fork")
 
@@ -129,7 +125,7 @@ def test_bad_mixture_input_is_one_line(marked, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def text_mixture(tmp_path_factory, smollm2_dir) -> Path:
+def text_mixture(tmp_path_factory, smollm2_tokenizer) -> Path:
     """Two real domains tokenized with SmolLM2's tokenizer: Python reference prose and Python source code."""
     import inspect
     import json as json_module
@@ -137,7 +133,7 @@ def text_mixture(tmp_path_factory, smollm2_dir) -> Path:
     from litgpt import Tokenizer
     from pydoc_data.topics import topics
 
-    tokenizer = Tokenizer(smollm2_dir)
+    tokenizer = Tokenizer(smollm2_tokenizer)
     prose = [topics[name] for name in sorted(topics)[:40]]
     code = [inspect.getsource(module) for module in (json_module.decoder, json_module.encoder, os.path, inspect)]
     code = [piece for text in code for piece in text.split("\n\n\n") if len(piece) > 200][:40]

@@ -24,3 +24,10 @@ def test_inherited_child_beats_random_init_child(tmp_path, smollm2_dir):
     assert start > random_init > inherited > reference
     assert json.loads((tmp_path / "demo" / "results.json").read_text())["losses"] == losses
     assert "| inherited child (10 blocks), start |" in (tmp_path / "demo" / "results.md").read_text()
+
+
+def test_the_tokenizer_only_fixture_matches_the_converted_reference(smollm2_dir, smollm2_tokenizer):
+    """Random-weight test models take SmolLM2's tokenizer from the GGUF's metadata alone: the same vocabulary as the
+    fully converted reference."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (smollm2_tokenizer / name).read_bytes() == (smollm2_dir / name).read_bytes(), name

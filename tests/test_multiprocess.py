@@ -136,13 +136,13 @@ def test_two_processes_train_as_one_resume_after_kill_and_overwrite(tmp_path, ti
     assert [p.name for p in eight_samples[0].iterdir()] == ["one.txt"]  # the user's text folder was only read
 
 
-def test_domain_weights_are_one_mixture_on_every_rank(tmp_path, tiny_reference, smollm2_dir):
+def test_domain_weights_are_one_mixture_on_every_rank(tmp_path, tiny_reference, smollm2_tokenizer):
     """Dynamic batch loading under two processes: reference losses measured once (rank 0), per-domain losses
     reduced over ranks, and after every evaluation both ranks draw with the same weights."""
     from litgpt import Tokenizer
     from pydoc_data.topics import topics
 
-    tokenizer = Tokenizer(smollm2_dir)
+    tokenizer = Tokenizer(smollm2_tokenizer)
     names = sorted(topics)
     root = tmp_path / "mixture"
     for domain, texts in (("early", [topics[n] for n in names[:24]]), ("late", [topics[n] for n in names[-24:]])):

@@ -54,6 +54,26 @@ def prepare_smollm2(out_dir: Path, overwrite: bool = False) -> Path:
     return out_dir
 
 
+def prepare_smollm2_tokenizer(out_dir: Path) -> Path:
+    """Only the tokenizer and the HF configs of SmolLM2-135M-Instruct (read from the GGUF's metadata; no weights are
+    dequantised): enough for a random-weight model with SmolLM2's vocabulary (skipped when already there)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "tokenizer.json").is_file():
+        return out_dir
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    source = gguf_path()
+    with atomic_dir(out_dir) as tmp:
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tokenizer.model").unlink(missing_ok=True)
+        config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+        config.save_pretrained(tmp)
+        GenerationConfig.from_model_config(config).save_pretrained(tmp)
+    return out_dir
+
+
 if __name__ == "__main__":
     import sys
 
