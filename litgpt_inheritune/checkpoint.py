@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -372,3 +372,68 @@ def save_base_prompt_style(directory: Path) -> None:
     from litgpt.prompts import Default, save_prompt_style
 
     save_prompt_style(Default(), Path(directory))
+
+
+# ---------------------------------------------------------------------------------------------- out_dir/best
+
+BEST = "best"  # out_dir/best: the lowest-validation step of a `litgpt inheritune` run
+BEST_RECORD = "best.json"  # {"step", "iter", "tokens", "val_loss"} inside it
+
+
+def recover_best(out_dir: Path) -> Path | None:
+    """Global rank 0, before anything removes staging: puts back a whole ``best/`` that a kill left renamed aside
+    (``save_best`` renames the old one aside, then the new one in). Returns it, or None."""
+    best = Path(out_dir) / BEST
+    if best.exists():
+        return None
+    for aside in sorted(best.parent.glob(f".{BEST}.old-*")):
+        if (aside / BEST_RECORD).is_file() and is_complete_checkpoint(aside / "lit_model.pth"):
+            os.replace(aside, best)
+            return best
+    return None
+
+
+def read_best(out_dir: Path) -> dict | None:
+    """The record of ``out_dir/best`` when it holds a complete checkpoint, else None."""
+    best = Path(out_dir) / BEST
+    if not (best / BEST_RECORD).is_file() or not is_complete_checkpoint(best / "lit_model.pth"):
+        return None
+    return json.loads((best / BEST_RECORD).read_text())
+
+
+def save_best(fabric, model, best_dir: Path, record: dict, tokenizer_dir: Path, write_hyperparameters) -> None:
+    """Writes the model as a complete LitGPT checkpoint into ``best_dir`` (lit_model.pth with its ``model`` weights,
+    model_config.yaml, the tokenizer and config files, hyperparameters.yaml via ``write_hyperparameters(dir)``, and
+    ``record`` as best.json), staged beside it and renamed whole over the old one. Every process calls it (a
+    sharded model is gathered); only global rank 0 writes."""
+    from litgpt.utils import copy_config_files, save_config
+
+    best_dir = Path(best_dir)
+    rank_zero = fabric.global_rank == 0
+    staging = staging_path(best_dir)
+    try:
+        if rank_zero:
+            remove_stale_staging(best_dir)
+            staging.mkdir(parents=True)
+        with staged_in(staging) if rank_zero else nullcontext():
+            fabric.save(staging / "lit_model.pth", {"model": model})
+        if rank_zero:
+            copy_config_files(tokenizer_dir, staging)
+            if (Path(tokenizer_dir) / PROMPT_STYLE).is_file():
+                shutil.copy(Path(tokenizer_dir) / PROMPT_STYLE, staging / PROMPT_STYLE)
+            save_config(model.config, staging)
+            write_hyperparameters(staging)
+            write_json(staging / BEST_RECORD, record)
+            with open(staging / "lit_model.pth", "rb") as stream:
+                os.fsync(stream.fileno())
+            if best_dir.exists():
+                old = staging_path(best_dir, "old")
+                os.replace(best_dir, old)
+                os.replace(staging, best_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, best_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise disk_error(exc, best_dir) from None
+    fabric.barrier()

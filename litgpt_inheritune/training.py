@@ -3,7 +3,9 @@ arms and the demo).
 
 The training loop is LitGPT's own (``litgpt.pretrain.setup``); this module only prepares its inputs:
 the child checkpoint (in ``out_dir/initial``), the token budget for ``--train.epochs``, and the
-hyperparameters file that ``litgpt pretrain`` cannot write for a command other than itself.
+hyperparameters file that ``litgpt pretrain`` cannot write for a command other than itself. Around LitGPT's
+``validate`` it measures every evaluation on one fixed, unshuffled validation set (``validation.FixedSet``) and
+keeps the lowest-validation step in ``out_dir/best`` (``--train.keep_best``).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import copy
 import os
 import time
-from contextlib import ExitStack
-from dataclasses import asdict, fields, is_dataclass, replace
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,19 @@ from litgpt_inheritune.errors import InherituneError
 INITIAL = "initial"  # out_dir/initial holds the inherited, untrained child
 
 
+@dataclass
+class InherituneTrainArgs(TrainArgs):
+    """LitGPT's training arguments and what `litgpt inheritune` adds to them."""
+
+    keep_best: bool = True
+    """Keep a complete checkpoint of the step with the lowest validation loss in out_dir/best"""
+
+
+def plain_train_args(train: TrainArgs) -> TrainArgs:
+    """``train`` as LitGPT's own ``TrainArgs`` (what ``litgpt.pretrain.setup`` is given)."""
+    return TrainArgs(**{f.name: getattr(train, f.name) for f in fields(TrainArgs) if f.init})
+
+
 def run(**arguments: Any) -> Path:
     """Runs `litgpt inheritune` with the arguments of ``commands.inheritune.setup``; raises ``InherituneError`` on bad
     input. Returns the final checkpoint dir."""
@@ -33,7 +48,7 @@ def run(**arguments: Any) -> Path:
     from litgpt import Config
 
     from litgpt_inheritune.checkpoint import (has_tokenizer, is_complete_checkpoint, newest_complete_checkpoint,
-                                              safe_saves)
+                                              read_best, recover_best, safe_saves)
     from litgpt_inheritune.child import build_child, plan_child
     from litgpt_inheritune.inherit import reference_ties_embeddings
 
@@ -130,8 +145,12 @@ def run(**arguments: Any) -> Path:
         tie = train.tie_embeddings
         if tie is None:  # the child keeps the reference's architecture: tied if the reference ties, inherited or not
             tie = reference_ties_embeddings(plan.state_dict)
+        best = None
+        if decision == "resume":  # a later evaluation replaces best/ only when it is lower than the recorded one
+            recover_best(out_dir)
+            best = read_best(out_dir)
         return {"decision": decision, "per_epoch": per_epoch, "resume_from": resume_from, "tie": bool(tie),
-                "reference_losses": reference_losses}
+                "reference_losses": reference_losses, "best": best}
 
     prepared = rundir.rank_zero_value(out_dir, "inheritune", start, what="preparing the run")
     child = Config.from_file(initial / "model_config.yaml")
@@ -148,7 +167,8 @@ def run(**arguments: Any) -> Path:
     if train.epochs is not None:
         max_tokens = train.epochs * prepared["per_epoch"]
         print(f"{train.epochs} epochs of {prepared['per_epoch']:,} tokens: --train.max_tokens {max_tokens:,}")
-    pretrain_train = replace(train, epochs=None, max_tokens=max_tokens, tie_embeddings=prepared["tie"])
+    pretrain_train = plain_train_args(replace(train, epochs=None, max_tokens=max_tokens, tie_embeddings=prepared["tie"]))
+    keep_best = bool(getattr(train, "keep_best", True))
 
     hyperparameters = hyperparameters_dict(arguments)
     from_initial = resume_from is None  # resuming before the first checkpoint restarts from initial
@@ -161,6 +181,8 @@ def run(**arguments: Any) -> Path:
         if not a.compile:
             stack.enter_context(patches.patched("torch.compile", lambda model, *args, **kwargs: model))
         stack.enter_context(dbl_hooks(pretrain, out_dir))  # per-domain validation of a DomainMixture
+        stack.enter_context(evaluation_hooks(pretrain, out_dir, keep_best, prepared["best"], initial,
+                                             pretrain_train.micro_batch_size, hyperparameters))
         stack.enter_context(speed.apply(speed_options))
         stack.enter_context(strategy.use_strategy(pretrain, resolved))
         stack.enter_context(safe_saves(pretrain))
@@ -184,6 +206,69 @@ def run(**arguments: Any) -> Path:
             seed=a.seed,
         )
     return out_dir / "final"
+
+
+@contextmanager
+def evaluation_hooks(pretrain_module, out_dir: Path, keep_best: bool, recorded: dict | None, tokenizer_dir: Path,
+                     micro_batch_size: int, hyperparameters: dict):
+    """Wraps `litgpt pretrain`'s ``validate`` (and ``fit``, to see the training state):
+
+    - every evaluation, the sanity check and the final one measure the same fixed, unshuffled batches of the
+      validation set (``validation.FixedSet``: the first ``eval.max_iters`` per process, read once), averaged over
+      processes. A ``DomainMixture`` keeps its own per-domain validation (``dbl_hooks``).
+    - with ``keep_best``, an evaluation lower than every earlier one (and than ``recorded``, the best of the run
+      being resumed) writes the model to ``out_dir/best`` (``checkpoint.save_best``) with best.json
+      ``{"step", "iter", "tokens", "val_loss"}``. Rank 0's decision is broadcast, so every process joins the save.
+    """
+    from litgpt_inheritune.checkpoint import BEST, save_best
+    from litgpt_inheritune.data.mixture import unwrap
+    from litgpt_inheritune.validation import FixedSet, fixed_loss
+
+    plain_validate, plain_fit = pretrain_module.validate, pretrain_module.fit
+    seen: dict[str, Any] = {}
+    fixed: dict[int, FixedSet] = {}
+    best = {"val_loss": None if recorded is None else float(recorded["val_loss"])}
+    best_dir = Path(out_dir) / BEST
+
+    def fit(*args, **kwargs):
+        seen["state"] = kwargs["state"] if "state" in kwargs else args[2]
+        return plain_fit(*args, **kwargs)
+
+    def validate(fabric, model, val_dataloader, max_iters, verbose=True):
+        loader = unwrap(val_dataloader)
+        if hasattr(loader, "mixture_module"):
+            loss = plain_validate(fabric, model, val_dataloader, max_iters=max_iters, verbose=verbose)
+        else:
+            if id(loader) not in fixed:
+                fixed[id(loader)] = FixedSet(loader, fabric.global_rank, fabric.world_size)
+            if not fixed[id(loader)].take(max_iters):
+                raise InherituneError(
+                    f"the validation set holds fewer than {fabric.world_size} batch(es) of "
+                    f"{micro_batch_size} x {model.max_seq_length + 1} tokens (one per process); give more "
+                    "validation text or lower --train.micro_batch_size"
+                )
+            loss = fixed_loss(fabric, model, fixed[id(loader)], max_iters, verbose, plain_validate)
+        if verbose and keep_best and "state" in seen:
+            _keep_if_best(fabric, model, seen["state"], float(loss))
+        return loss
+
+    def _keep_if_best(fabric, model, state: dict, value: float) -> None:
+        lower = best["val_loss"] is None or value < best["val_loss"]
+        if fabric.world_size > 1:
+            lower = fabric.broadcast(lower, src=0)
+        if not lower:
+            return
+        iter_num = int(state["iter_num"])
+        record = {"step": int(state["step_count"]), "iter": iter_num,
+                  "tokens": iter_num * micro_batch_size * model.max_seq_length * fabric.world_size,
+                  "val_loss": value}
+        save_best(fabric, model, best_dir, record, tokenizer_dir,
+                  lambda directory: write_hyperparameters(hyperparameters, directory))
+        best["val_loss"] = value
+        fabric.print(f"new best val loss {value:.4f} at step {record['step']}: {best_dir}")
+
+    with patches.patched("pretrain.validate", validate), patches.patched("pretrain.fit", fit):
+        yield
 
 
 class _OneLineSummary:

@@ -18,6 +18,7 @@ def setup(
     tokens: int | None = None,
     fraction: float | None = None,
     val_tokens: int = 100_000,
+    test_tokens: int = 0,
     seed: int = 42,
     preset: str | None = None,
     text_key: str = "text",
@@ -36,11 +37,14 @@ def setup(
         corpus: A file or a directory of .jsonl, .jsonl.zst, .parquet, .txt and .tar(.gz/.xz) files of .txt
             documents (read in sorted order), datasets saved with HF ``save_to_disk`` and litdata dirs of text.
         tokenizer_dir: The reference's checkpoint dir (its tokenizer encodes the text).
-        out_dir: Gets train/, val/ (litdata-optimized) and summary.json. Written to a temporary dir first.
+        out_dir: Gets train/, val/, test/ with ``test_tokens`` (litdata-optimized) and summary.json. Written to a
+            temporary dir first.
         tokens: Training tokens to take. Give this or ``fraction``.
         fraction: Share of the corpus's tokens to take, e.g. 0.001.
         val_tokens: Tokens of held-out documents for validation, chosen before the training subset (per domain
             with ``split_by_domain``).
+        test_tokens: Tokens of other held-out documents for a test split (``test/``, disjoint from train and val),
+            chosen after validation and before the training subset; 0 (default) writes none.
         seed: Which documents are taken (the same seed, corpus and budget give byte-identical shards).
         preset: A known corpus's layout and fields: redpajama_v1, redpajama_v1_sample, openwebtext or fineweb_edu.
         text_key: The record field that holds the text (dotted for nested fields).

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Literal
 
 # Imported at module level, not lazily: jsonargparse reads the types of setup's arguments.
-from litgpt.args import EvalArgs, LogArgs, TrainArgs
+from litgpt.args import EvalArgs, LogArgs
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
 from litgpt_inheritune.errors import one_line_errors
-from litgpt_inheritune.training import run
+from litgpt_inheritune.training import InherituneTrainArgs, run
 
 
 @one_line_errors
@@ -24,7 +24,7 @@ def setup(
     precision: Literal["bf16-true", "bf16-mixed", "32-true", None] = None,
     resume: bool | Literal["auto"] | Path = False,
     data: DataModule | None = None,
-    train: TrainArgs = TrainArgs(
+    train: InherituneTrainArgs = InherituneTrainArgs(
         save_interval=1000,
         log_interval=1,
         global_batch_size=8,
@@ -57,7 +57,9 @@ def setup(
 
     The child inherits the reference's token embedding, the chosen blocks, the final norm and the LM head
     (tied if the reference ties them), and is trained by `litgpt pretrain`'s own loop. The inherited,
-    untrained child is kept in ``out_dir/initial``; checkpoints go to ``out_dir/step-*`` and ``out_dir/final``.
+    untrained child is kept in ``out_dir/initial``; checkpoints go to ``out_dir/step-*`` and ``out_dir/final``, and
+    the step with the lowest validation loss to ``out_dir/best`` (with best.json). Every evaluation measures the
+    same fixed, unshuffled batches of the validation set.
 
     Arguments:
         reference_dir: LitGPT checkpoint dir of the reference model (lit_model.pth, model_config.yaml, tokenizer).
@@ -74,6 +76,7 @@ def setup(
         train: Training arguments as for `litgpt pretrain`. The budget: ``--train.epochs E`` (passes over the data
             module's train set, turned into ``max_tokens`` from its size; the paper trains 8) or
             ``--train.max_tokens T`` (for an infinite or unsized dataset too): give one of them.
+            ``--train.keep_best false`` skips writing ``out_dir/best``.
         eval: Evaluation arguments, as for `litgpt pretrain`.
         log: Logging arguments, as for `litgpt pretrain`.
         optimizer: An optimizer name (such as "AdamW") or config.

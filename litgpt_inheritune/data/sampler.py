@@ -2,7 +2,9 @@
 
 The output dir gets ``train/`` and ``val/`` (read them with ``--data LitData --data.data_path OUT
 --data.split_names '[train, val]'``) and ``summary.json``; with ``--split_by_domain true`` it gets
-``train/<domain>/`` and ``val/<domain>/`` instead. Tokens are spilled to temporary files on disk, never held in
+``train/<domain>/`` and ``val/<domain>/`` instead. With ``--test_tokens`` it also gets ``test/`` (or
+``test/<domain>/``): held-out documents, disjoint from both, for a loss no choice has looked at
+(``validation.test_loss``). Tokens are spilled to temporary files on disk, never held in
 memory; memory grows only with the number of tokenized documents (a couple of hundred bytes each).
 
 How the work is done (none of it changes which documents are chosen, so the shards are the same bytes whatever
@@ -289,8 +291,11 @@ def _count(chosen) -> dict:
     return {"documents": len(chosen), "tokens": sum(per_domain.values()), "tokens_per_domain": per_domain}
 
 
-def _choose(candidates: list, budget: int, val_tokens: int, shares: dict[str, float] | None, split_by_domain: bool):
-    """{"train": [...], "val": [...]} or, split by domain, {domain: {"train": [...], "val": [...]}}.
+def _choose(candidates: list, budget: int, val_tokens: int, shares: dict[str, float] | None, split_by_domain: bool,
+            test_tokens: int = 0):
+    """{"train": [...], "val": [...], "test": [...]} or, split by domain, {domain: {"train": ..., "val": ...,
+    "test": ...}}: validation documents are chosen first, then test documents among the rest, then training
+    documents among what is left, so the three share no document (``test`` is empty without ``test_tokens``).
 
     Raises ``NotEnoughTokens`` when the candidates (all, or a key-prefix of the corpus) fall short of a budget.
     """
@@ -299,18 +304,26 @@ def _choose(candidates: list, budget: int, val_tokens: int, shares: dict[str, fl
     budgets = None if shares is None else {d: max(1, round(w * budget)) for d, w in shares.items() if w > 0}
     if not split_by_domain:
         val = select(candidates, val_tokens, "the corpus (for --val_tokens)") if val_tokens > 0 else []
-        taken = {(c.source, c.index) for c in val}
-        rest = [c for c in candidates if (c.source, c.index) not in taken]
+        rest = _without(candidates, val)
+        test = select(rest, test_tokens, "the corpus (for --test_tokens)") if test_tokens > 0 else []
+        rest = _without(rest, test)
         train = select(rest, budget) if budgets is None else select_per_domain(rest, budgets)
-        return {"train": train, "val": val}
+        return {"train": train, "val": val, "test": test}
     by_domain = group_by_domain(candidates, budgets)
     result = {}
     for domain, found in by_domain.items():
         val = select(found, val_tokens, f"domain {domain!r} (for --val_tokens)") if val_tokens > 0 else []
-        taken = {(c.source, c.index) for c in val}
-        train = select([c for c in found if (c.source, c.index) not in taken], budgets[domain], f"domain {domain!r}")
-        result[domain] = {"train": train, "val": val}
+        rest = _without(found, val)
+        test = select(rest, test_tokens, f"domain {domain!r} (for --test_tokens)") if test_tokens > 0 else []
+        train = select(_without(rest, test), budgets[domain], f"domain {domain!r}")
+        result[domain] = {"train": train, "val": val, "test": test}
     return result
+
+
+def _without(candidates: list, taken: list) -> list:
+    """``candidates`` less the documents in ``taken``."""
+    chosen = {(c.source, c.index) for c in taken}
+    return [c for c in candidates if (c.source, c.index) not in chosen]
 
 
 def _threshold(histograms: dict, needs: list[tuple[str | None, int]], chars_per_token: float, floor: float) -> float:
@@ -358,6 +371,7 @@ def build_subset(
     num_workers: int | None = None,
     progress: bool = True,
     candidate_pass: bool = True,
+    test_tokens: int = 0,
 ) -> dict:
     """The body of the command (``commands``), raising ``InherituneError`` on bad input; returns the summary."""
     import numpy as np
@@ -375,6 +389,9 @@ def build_subset(
         raise InherituneError(f"--tokens must be positive, got {tokens}")
     if val_tokens < 0:
         raise InherituneError(f"--val_tokens must be >= 0, got {val_tokens}")
+    if test_tokens < 0:
+        raise InherituneError(f"--test_tokens must be >= 0, got {test_tokens}")
+    held_out = val_tokens + test_tokens  # tokens of documents kept out of training
     from litgpt_inheritune.checks import check_out_dir
 
     check_out_dir(out_dir)  # a file, an unwritable place: before any work
@@ -440,11 +457,11 @@ def build_subset(
                 if split_by_domain:
                     domain_dirs(d for d, w in domain_weights.items() if w > 0)
             if domain_weights is None:
-                needs = [(None, val_tokens + tokens)]
+                needs = [(None, held_out + tokens)]
             else:
                 budgets = {d: round(w * tokens) for d, w in domain_weights.items() if w > 0}
-                needs = ([] if split_by_domain else [(None, val_tokens)]) + [
-                    (d, b + val_tokens) for d, b in budgets.items()]
+                needs = ([] if split_by_domain else [(None, held_out)]) + [
+                    (d, b + held_out) for d, b in budgets.items()]
             hi = _threshold(histograms, needs, CHARS_PER_TOKEN, 0.0)
         else:
             hi = 1.0
@@ -475,10 +492,11 @@ def build_subset(
                 corpus_documents = counted
             corpus_tokens = sum(c.n_tokens for c in candidates) if hi >= 1.0 else None
             budget = tokens if tokens is not None else max(1, round(fraction * corpus_tokens))
-            if corpus_tokens is not None and not split_by_domain and budget + val_tokens > corpus_tokens:
+            if corpus_tokens is not None and not split_by_domain and budget + held_out > corpus_tokens:
                 raise InherituneError(
                     f"the corpus holds {corpus_tokens:,} tokens, fewer than the budget {budget:,} plus --val_tokens "
-                    f"{val_tokens:,}; lower the budget"
+                    f"{val_tokens:,}" + (f" and --test_tokens {test_tokens:,}" if test_tokens else "")
+                    + "; lower the budget"
                 )
             if domain_weights is not None:
                 shares = domain_weights
@@ -490,7 +508,7 @@ def build_subset(
             else:
                 shares = None
             try:
-                chosen = _choose(candidates, budget, val_tokens, shares, split_by_domain)
+                chosen = _choose(candidates, budget, val_tokens, shares, split_by_domain, test_tokens)
                 break
             except NotEnoughTokens:
                 if hi >= 1.0:
@@ -517,26 +535,36 @@ def build_subset(
         dirs = domain_dirs(chosen) if split_by_domain else {}  # a name collision stops before anything is written
         with atomic_dir(out_dir, overwrite=overwrite) as staging:
             if not split_by_domain:
-                train, val = chosen["train"], chosen["val"]
+                train, val, test = chosen["train"], chosen["val"], chosen["test"]
                 _write_split(spills, train, offsets, staging / "train", chunk_bytes)
                 if val:
                     _write_split(spills, val, offsets, staging / "val", chunk_bytes)
+                if test:
+                    _write_split(spills, test, offsets, staging / "test", chunk_bytes)
             else:
                 summary["domains"] = {}
-                train, val = [], []
+                train, val, test = [], [], []
                 for domain in sorted(chosen):
                     part = chosen[domain]
                     _write_split(spills, part["train"], offsets, staging / "train" / dirs[domain], chunk_bytes)
                     if part["val"]:
                         _write_split(spills, part["val"], offsets, staging / "val" / dirs[domain], chunk_bytes)
+                    if part["test"]:
+                        _write_split(spills, part["test"], offsets, staging / "test" / dirs[domain], chunk_bytes)
                     summary["domains"][domain] = {
                         "dir": dirs[domain], "train_tokens": _count(part["train"])["tokens"],
                         "val_tokens": _count(part["val"])["tokens"], "train_documents": len(part["train"]),
                         "val_documents": len(part["val"]),
                     }
+                    if test_tokens:
+                        summary["domains"][domain].update(test_tokens=_count(part["test"])["tokens"],
+                                                          test_documents=len(part["test"]))
                     train += part["train"]
                     val += part["val"]
+                    test += part["test"]
             summary.update(train=_count(train), val=_count(val))
+            if test_tokens:
+                summary["test"] = _count(test)
             (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary

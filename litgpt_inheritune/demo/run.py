@@ -5,7 +5,7 @@ same shape with the same budget through ``litgpt inheritune`` (LitGPT's pretrain
 validation loss of the reference and of both children on the same held-out text.
 
 Data: ``pydoc_data/topics.py`` of the running Python (the language reference's prose, PSF licence), one text file per
-topic, every tenth topic held out for validation. It is on every machine with Python, so nothing is downloaded.
+topic, every tenth topic held out for validation and another tenth for a test split. It is on every machine with Python, so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -20,18 +20,28 @@ from litgpt_inheritune.demo.smollm2 import prepare_smollm2
 
 
 def write_pydoc_text(data_dir: Path) -> tuple[Path, Path]:
-    """Writes the Python reference topics as text files: ``data_dir/train/*.txt`` and ``data_dir/val/*.txt``."""
+    """Writes the Python reference topics as text files, one per topic, in three disjoint sets: every tenth topic
+    in ``data_dir/val``, every tenth from the fifth on in ``data_dir/test`` (held out from every choice; see
+    ``pydoc_test_dir``), the rest in ``data_dir/train``. Returns ``(train_dir, val_dir)``."""
     from pydoc_data.topics import topics
 
-    train_dir, val_dir = Path(data_dir) / "train", Path(data_dir) / "val"
-    for directory in (train_dir, val_dir):
+    dirs = {"train": Path(data_dir) / "train", "val": Path(data_dir) / "val", "test": pydoc_test_dir(data_dir)}
+    for directory in dirs.values():
         directory.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(sorted(topics)):
-        target = val_dir if i % 10 == 0 else train_dir
-        path = target / f"{name}.txt"
+        split = "val" if i % 10 == 0 else "test" if i % 10 == 5 else "train"
+        for other, directory in dirs.items():  # a data dir written before the test split existed
+            if other != split:
+                (directory / f"{name}.txt").unlink(missing_ok=True)
+        path = dirs[split] / f"{name}.txt"
         if not path.is_file():
             path.write_text(topics[name], encoding="utf-8")
-    return train_dir, val_dir
+    return dirs["train"], dirs["val"]
+
+
+def pydoc_test_dir(data_dir: Path) -> Path:
+    """The held-out test topics that ``write_pydoc_text(data_dir)`` writes (for ``validation.test_loss``)."""
+    return Path(data_dir) / "test"
 
 
 def main(
