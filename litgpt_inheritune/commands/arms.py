@@ -42,6 +42,9 @@ def setup(
     devices: int | str = "auto",
     num_nodes: int = 1,
     seed: int = 42,
+    seeds: list[int] | None = None,
+    lrs: list[float] | None = None,
+    test_data: Path | None = None,
     compile: bool = True,
     resume: bool | Literal["auto"] = "auto",
     overwrite: bool = False,
@@ -49,11 +52,15 @@ def setup(
 ) -> None:
     """Train Inheritune's child next to baselines and ablations of the same shape, data and budget; compare them.
 
-    Arms: ``inherit`` (the method), ``random`` (random init), ``even`` / ``block_influence`` / ``angular_distance``
+    Arms: ``inherit`` (the method), ``random`` (random init), ``random_2x`` (random init trained on twice the
+    tokens: the paper's equal-compute baseline), ``even`` / ``block_influence`` / ``angular_distance``
     (other block choices; the last two read ``analysis``), ``attention_norms`` / ``mlp_norms`` / ``no_norms`` (the
     paper's component ablations), ``kd`` / ``kd_random`` (logit distillation from the reference, with the inherited
-    or a random start). Writes ``out_dir/arms.md``, ``arms.json`` and ``curves.png``; each arm's run is in
-    ``out_dir/<arm>``. Rerunning skips finished arms and resumes unfinished ones.
+    or a random start). Writes ``out_dir/arms.md`` (mean ± std over seeds of the best validation and the test loss,
+    each arm against ``inherit`` marked "within noise" under two standard errors of the difference; the chosen lr
+    and its rule), ``arms.json`` and ``curves.png`` (validation loss against tokens seen, a band per arm). Each run
+    is in ``out_dir/<arm>`` (``out_dir/<arm>/seed<k>`` with ``seeds``, ``out_dir/<arm>/lr<lr>/seed<k>`` with
+    ``lrs``). Rerunning skips finished runs and resumes unfinished ones.
 
     Arguments:
         reference_dir: LitGPT checkpoint dir of the reference model.
@@ -64,7 +71,7 @@ def setup(
         analysis: ``analysis.json`` from `litgpt inheritune_analyze` (for block_influence / angular_distance).
         precision: The precision to train in.
         train: Training arguments as for `litgpt inheritune`: ``--train.epochs E`` or ``--train.max_tokens T`` sets
-            the budget every arm shares (give one of them).
+            the budget every arm shares (give one of them; ``random_2x`` gets twice it).
         eval: Evaluation arguments; evaluations every ``eval.interval`` steps draw the curves.
         log: Logging arguments, as for `litgpt pretrain`.
         optimizer: An optimizer name or config.
@@ -73,7 +80,14 @@ def setup(
         kd_quantize: Load the teacher in 4-bit (``bnb.nf4``) or 8-bit (``bnb.int8``) with bitsandbytes (CUDA only).
         devices: How many devices/GPUs to use.
         num_nodes: How many nodes the code is being run on.
-        seed: The random seed of every arm.
+        seed: The random seed of every arm when ``seeds`` is not given.
+        seeds: Run every arm once per seed, e.g. ``'[0, 1, 2]'``; the table reports mean ± std over them.
+        lrs: Learning rates to choose from per arm, e.g. ``'[3e-4, 1e-3]'``: each is trained on the first seed only
+            and the one with the lowest best validation loss (never the test loss) runs the other seeds. Default:
+            the optimizer's lr for every arm.
+        test_data: The held-out test split, a directory of .txt files (e.g. the demo text's ``test/``) or a litdata
+            token dir (``test/`` of `litgpt inheritune_data --test_tokens`): each run's best checkpoint (``best/``,
+            else ``final/``) is evaluated there. Without it the table's test column says "no test split".
         compile: Compile the model with ``torch.compile`` as `litgpt pretrain` does.
         resume: ``auto`` (default) keeps the arms already in ``out_dir``, skips finished ones and resumes unfinished
             ones; ``true`` requires an earlier comparison there; ``false`` refuses one.

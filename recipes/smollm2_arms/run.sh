@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Inheritune vs random init vs block-influence selection, 10 of SmolLM2-135M's 30 blocks, same data and budget, CPU.
+# Inheritune vs random init (1x and 2x tokens) vs block-influence selection, 10 of SmolLM2-135M's 30 blocks, 3 seeds,
+# same data and budget, a held-out test split, CPU (about 4 hours on 2 cores).
 # Usage (from the repository root, after README's set-up): bash recipes/smollm2_arms/run.sh
 set -euo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
