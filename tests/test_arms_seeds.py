@@ -9,7 +9,8 @@ import torch
 from litgpt.args import EvalArgs, TrainArgs
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.experiments.arms import aggregate, arms_table, check_seeds_and_lrs, choose_lr, run_arms
+from litgpt_inheritune.experiments.arms import (aggregate, arms_table, base_lr, check_seeds_and_lrs, choose_lr,
+                                                identical_seeds_note, run_arms, run_dir_of, with_lr)
 
 from test_train import small_text
 
@@ -60,6 +61,9 @@ def test_one_seed_has_no_noise_estimate_and_no_test_split_is_said():
     assert rows[0]["best_loss_std"] is None and rows[0]["test_loss"] is None
     table = arms_table(rows)
     assert "no noise estimate" in table and table.count("no test split") == 2
+    # Seeds that change nothing are said so (their std is 0, not a measured spread).
+    assert "identical losses for inherit:" in identical_seeds_note(aggregate(runs("inherit", [4.0, 4.0])))
+    assert identical_seeds_note(aggregate(runs("inherit", [4.0, 4.1]))) == ""
     # Without an inherit arm there is nothing to compare with.
     assert aggregate(runs("random", [5.0, 5.1]))[0]["best_vs_inherit"] is None
     assert statistics.stdev([5.0, 5.1]) == pytest.approx(aggregate(runs("random", [5.0, 5.1]))[0]["best_loss_std"])
@@ -72,6 +76,17 @@ def test_lr_rule_picks_the_lowest_validation_loss_never_the_test_loss():
     assert choose_lr(sweep) == 1e-3
     assert choose_lr([{"lr": 1e-3, "best_loss": 4.0}, {"lr": 3e-4, "best_loss": 4.0}]) == 3e-4  # a tie: the smaller
     assert choose_lr([{"lr": 1e-3, "best_loss": 4.0}]) == 1e-3
+
+
+def test_lr_plumbing_and_run_dirs(tmp_path):
+    adamw = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4, "weight_decay": 0.01}}
+    assert base_lr(adamw) == 3e-4 and base_lr("SGD") == 1e-3 and base_lr("torch.optim.AdamW") == 1e-3
+    assert with_lr(adamw, 1e-3) == {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.01}}
+    assert adamw["init_args"]["lr"] == 3e-4  # the argument itself is left alone
+    assert with_lr("SGD", 0.1) == {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
+    assert run_dir_of(tmp_path, "inherit", 42, 1e-3, False, False) == tmp_path / "inherit"
+    assert run_dir_of(tmp_path, "inherit", 1, 1e-3, True, False) == tmp_path / "inherit" / "seed1"
+    assert run_dir_of(tmp_path, "inherit", 0, 3e-4, True, True) == tmp_path / "inherit" / "lr0.0003" / "seed0"
 
 
 def test_bad_seeds_lrs_and_test_split_are_one_line_errors(tmp_path):
@@ -118,6 +133,8 @@ def test_two_seeds_two_arms_real_run_with_test_split_and_a_rerun_that_skips(tmp_
     line = next(l for l in table.splitlines() if l.startswith("| random_2x |"))
     assert line.count(" ± ") >= 4 and "| 0.001 |" in line and "| 256 |" in line and "noise" in line
     assert "no test split" not in table and "one lr for every arm, 0.001 (no sweep)" in table
+    if len({r["best_loss"] for r in rows["inherit"]["runs"]}) == 1:  # CPU: a seed changes no inherited weight
+        assert "Seeds gave identical losses for inherit:" in table
     saved = json.loads((out / "arms.json").read_text())
     assert [r["arm"] for r in saved] == ["inherit", "random_2x"] and saved[0]["lr_rule"].startswith("one lr")
     assert (out / "curves.png").stat().st_size > 10_000

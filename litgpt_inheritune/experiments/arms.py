@@ -228,6 +228,16 @@ def arms_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def identical_seeds_note(rows: list[dict]) -> str:
+    """A line naming the arms whose seeds all gave the same best validation loss (empty when there are none)."""
+    same = [r["arm"] for r in rows if len(r.get("runs", [])) > 1 and len({run["best_loss"] for run in r["runs"]}) == 1]
+    if not same:
+        return ""
+    return (f"\nSeeds gave identical losses for {', '.join(same)}: the seed changes neither a fully inherited start nor "
+            "the data order (litdata shuffles the train set with its own fixed seed), so such an arm's std is 0 and "
+            "its \"within noise\" marks rest on the other arm's spread alone.\n")
+
+
 def val_curve(run_dir: Path) -> list[tuple[int, float]]:
     """(step, val_loss) pairs from the CSV logs of a run (all its versions, later values win)."""
     points: dict[int, float] = {}
@@ -474,7 +484,7 @@ def run_arms(
             + (f"Test loss on {str(test_data)!r} (the first {eval.max_iters} batches, unshuffled), of each run's best/ "
                "checkpoint (final/ where it has none)." if test_data is not None
                else "Test loss: no test split (give --test_data).")
-            + "\n\n" + arms_table(rows) + "\n"
+            + "\n\n" + arms_table(rows) + "\n" + identical_seeds_note(rows)
         ))
         plot_curves(rows, out_dir / "curves.png", f"{n_layers}-block children of {config.name}"
                     + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else ""),
