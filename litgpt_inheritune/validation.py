@@ -52,27 +52,30 @@ def unshuffled(dataset) -> Any | None:
 def fixed_batches(loader, batches: int, rank: int = 0, world_size: int = 1) -> list:
     """This process's share of the fixed set: the first ``batches * world_size`` batches of ``loader``'s data in
     stored order (batch size and windows as ``loader``'s), every ``world_size``-th one from ``rank`` on, as CPU
-    tensors. A loader that is not a litdata token stream gives its first batches as it yields them."""
+    tensors. A loader that is not a litdata token stream gives its first ``batches`` as it yields them (read once,
+    they stay fixed too)."""
     import torch
 
     inner = getattr(loader, "_dataloader", loader)  # Fabric's wrapper
     batch_size = getattr(inner, "batch_size", None) or 1
     dataset = unshuffled(getattr(inner, "dataset", None))
-    if dataset is None:
+    if dataset is None:  # Fabric gave such a loader a distributed sampler: it yields this process's share
         found = []
-        for k, batch in enumerate(inner):
-            if k >= batches * world_size:
+        for batch in inner:
+            if len(found) >= batches:
                 break
-            if k % world_size == rank:
-                found.append(batch.cpu() if hasattr(batch, "cpu") else batch)
+            found.append(batch.cpu() if hasattr(batch, "cpu") else batch)
         return found
     if dataset.cache is None:
         dataset[0]  # opens its chunk index
     windows = len(dataset.cache)  # in the whole set, not this process's share
-    per_process = min(batches, windows // batch_size // world_size)
+    whole = windows // batch_size
+    if not getattr(inner, "drop_last", True) and world_size == 1 and windows % batch_size:
+        whole += 1  # the loader yields a last, shorter batch (a DomainMixture's validation)
+    per_process = min(batches, whole // world_size)  # the same number on every process
     found = []
     for j in range(rank, per_process * world_size, world_size):
-        found.append(torch.stack([dataset[i] for i in range(j * batch_size, (j + 1) * batch_size)]))
+        found.append(torch.stack([dataset[i] for i in range(j * batch_size, min((j + 1) * batch_size, windows))]))
     return found
 
 
