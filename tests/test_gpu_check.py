@@ -1,0 +1,124 @@
+"""bench/gpu_check.py, the one prepared GPU check, in its CPU mode: the same code paths as on a GPU, so the script
+works the day a device is lent. Every section run for real (of the smoke, `litgpt inheritune --speed all`: each
+command costs a `litgpt` start-up of 10-30 s on 2 shared cores), every smoke command's GPU and CPU arguments parsed
+by the command's own parser, and a tiny budget trimmed and reported. `python bench/gpu_check.py --device cpu --tiny`
+runs all seven commands (about 2.5 minutes here)."""
+
+import importlib.util
+import json
+import tempfile
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.py"
+
+
+def gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_mode_measures_stock_and_a_candidate_and_smokes_a_command(tmp_path, smollm2_dir, monkeypatch, capfd):
+    """In this process, as `python bench/gpu_check.py` runs it (the smoke command is a real `litgpt` subprocess)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the smoke's work dir
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    out = tmp_path / "check"
+    gpu_check = gpu_check_module()
+    result = gpu_check.main([
+        "--device", "cpu", "--tiny", "--out_dir", str(out), "--tokenizer_dir", str(smollm2_dir), "--steps", "3",
+        "--warmup", "1", "--stock", "stock", "--candidates", "fused_ce+cudnn_attention@precision=bf16-true",
+        "--smoke", "inheritune",
+    ])
+    markdown = (out / "gpu_check.md").read_text()
+    # the table is printed last, and it is the Markdown file, rendered from the JSON file
+    assert capfd.readouterr().out.rstrip().endswith(markdown.rstrip())
+    assert gpu_check.render(json.loads((out / "gpu_check.json").read_text())) == markdown
+    rows = {r["requested"]: r for r in result["throughput"]}
+    stock, candidate = rows["stock"], rows["fused_ce+cudnn_attention@precision=bf16-true"]
+    assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in rows.values())
+    assert stock["vs_stock"] == 1.0
+    assert candidate["vs_stock"] == candidate["vs_best_stock"] == pytest.approx(
+        candidate["tokens_per_s"] / stock["tokens_per_s"])
+    # What needs CUDA is replaced on the CPU, and the row says so; in float32 the loss curve is stock's.
+    assert candidate["run"] == "fused_ce+cudnn_attention@precision=32-true"
+    assert "bf16-true -> 32-true" in candidate["notes"]
+    assert candidate["loss_diff_vs"] == "stock" and candidate["loss_diff_steps"] == 3 and candidate["loss_diff"] < 1e-4
+    assert f"| throughput | {candidate['run']} | ok | 3 | {candidate['tokens_per_s']:,.0f} |" in markdown
+    assert f"{candidate['vs_best_stock']:.3f}x" in markdown and "goal 1.3x" in markdown
+    (lean,) = result["mem24"]
+    assert lean["status"] == "fits" and "adamw8bit -> adamw (bitsandbytes' 8-bit AdamW is CUDA only)" in lean["notes"]
+    assert "| mem24 | fused_ce+checkpoint@precision=32-true,optimizer=adamw | fits |" in markdown
+    # the smoke command ran through the real CLI and wrote what it should (one: each costs a `litgpt` start-up)
+    (row,) = result["smoke"]
+    assert row["name"] == "inheritune" and row["status"] == "ok", row
+    assert "| litgpt inheritune | ok |" in markdown and "AdamW for 8-bit AdamW (CUDA only)" in markdown
+    assert result["trimmed"] == [] and "- nothing" in markdown
+    assert "not measured here" in markdown
+    assert not list(tmp_path.glob("gpu-check-*"))  # the smoke's work dir is removed
+
+
+def test_every_smoke_command_parses_with_its_own_cli_on_cuda_and_cpu(tmp_path):
+    """The GPU's arguments (bf16, 8-bit AdamW, a bnb.nf4 teacher, --device cuda) cannot run here, but each command's
+    own parser reads them as the `litgpt` CLI does, so a renamed or removed option fails here first."""
+    from jsonargparse import ArgumentParser
+
+    from litgpt_inheritune._hook import declared_commands
+    from litgpt_inheritune.demo.run import write_pydoc_text
+
+    gpu_check = gpu_check_module()
+    commands = declared_commands()
+    text = write_pydoc_text(tmp_path / "pydoc")
+    for device in ("cuda", "cpu"):
+        args = Namespace(device=device, smoke=list(gpu_check.SMOKE), smoke_steps=3)
+        built = gpu_check.smoke_commands(args, tmp_path / "reference", text, tmp_path / device)
+        assert list(built) == list(gpu_check.SMOKE)
+        for name, (argv, note, _expected) in built.items():
+            parser = ArgumentParser(exit_on_error=False)
+            parser.add_function_arguments(commands[argv[0]], as_positional=True)  # as the CLI does
+            config = parser.parse_args([str(a) for a in argv[1:]])
+            parser.instantiate_classes(config)
+            if device == "cuda":
+                assert note == "", name
+                if "precision" in config:
+                    assert config.precision.startswith("bf16"), name
+            else:
+                assert note, name  # a CPU row says what it replaced
+        arms, train = built["arms"][0], built["inheritune"][0]
+        if device == "cuda":
+            assert arms[arms.index("--kd_quantize") + 1] == "bnb.nf4"
+            assert train[train.index("--optimizer") + 1] == "bitsandbytes.optim.AdamW8bit"
+        else:
+            assert "--kd_quantize" not in arms and train[train.index("--optimizer") + 1] == "torch.optim.AdamW"
+        assert train[train.index("--speed") + 1] == "all"
+
+def test_a_tiny_budget_trims_steps_and_commands_and_says_so(tmp_path, smollm2_dir, monkeypatch):
+    """In this process (the imports are already paid for): 40 steps never fit, so each run is trimmed, stopped or
+    not run, and the smoke does not start; all of it is listed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    budget = 10
+    out = tmp_path / "check"
+    result = gpu_check_module().main([
+        "--device", "cpu", "--tiny", "--out_dir", str(out), "--tokenizer_dir", str(smollm2_dir), "--only",
+        "throughput,smoke", "--budget_s", str(budget), "--steps", "40", "--warmup", "1", "--stock", "stock",
+        "--candidates", "fused_ce", "--est_overhead_s", "2",
+    ])
+    markdown = (out / "gpu_check.md").read_text()
+    assert json.loads((out / "gpu_check.json").read_text())["trimmed"] == result["trimmed"]
+    assert result["mem24"] == [] and result["trimmed"]
+    for row in result["throughput"]:
+        assert row["status"] in ("ok", "not run (budget)", "stopped (budget)"), row
+        assert row["status"] != "ok" or row["steps"] < 40
+        assert any(t.startswith(f"throughput {row['requested']}:") for t in result["trimmed"])
+    assert all(r["status"] == "not run (budget)" for r in result["smoke"]) and len(result["smoke"]) == 7
+    assert any(t.startswith("smoke: not run") for t in result["trimmed"])
+    assert result["wall_s"] < budget + 5  # the budget is hard: a run past its share is stopped
+    assert "## Trimmed to fit the budget" in markdown and "- nothing" not in markdown
+    for line in result["trimmed"]:
+        assert f"- {line}" in markdown
