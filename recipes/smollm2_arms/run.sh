@@ -9,5 +9,5 @@ python -m litgpt_inheritune.demo.smollm2 checkpoints/SmolLM2-135M-Instruct
 python -c "from pathlib import Path; from litgpt_inheritune.demo.run import write_pydoc_text; write_pydoc_text(Path('$OUT/data'))"
 litgpt inheritune_analyze checkpoints/SmolLM2-135M-Instruct --data "$OUT/data/train" --out_dir "$OUT/analysis" \
   --n_sequences 50 --seq_len 100 --overwrite true
-litgpt inheritune_arms --config config_hub/smollm2_arms.yaml
+litgpt inheritune_arms --config config_hub/smollm2_arms.yaml --test_data "$OUT/data/test"
 cp "$OUT/arms.md" "$OUT/curves.png" "$OUT/analysis/analysis.md" "$OUT/analysis/analysis.png" recipes/smollm2_arms/
