@@ -82,6 +82,10 @@ PATCHES: dict[str, Patch] = {
     "litdata.StreamingDataLoader.restore": Patch(
         "litdata.streaming.dataloader", "StreamingDataLoader.restore", LITDATA, None,
         "the flag that makes litdata's loader continue from its loaded state instead of restarting the epoch"),
+    "litdata.StreamingDataset.seed": Patch(
+        "litdata.streaming.dataset", "StreamingDataset.seed", LITDATA, None,
+        "the run's --seed orders the training data: LitGPT's TextFiles leaves litdata's fixed shuffle seed (42), so "
+        "runs of an inherited child with other seeds would be the same run"),
     "torch.stack.empty_message": Patch(
         "torch", "stack", TORCH, None,
         "LitGPT's validate stacks an empty list when a domain has no batch here: recognised by torch's message "
@@ -186,6 +190,13 @@ def continue_from_state(loader) -> None:
     check("litdata.StreamingDataLoader.restore")
     if any(sum(counts) for counts in loader._num_samples_yielded_wrapper.values()):
         loader.restore = True
+
+
+def set_shuffle_seed(dataset, seed: int) -> None:
+    """Patch "litdata.StreamingDataset.seed": a streaming dataset not yet iterated shuffles with ``seed`` (read
+    when its shuffler is built, at the first iteration; a resumed loader's state carries the same seed)."""
+    check("litdata.StreamingDataset.seed")
+    dataset.seed = seed
 
 
 def is_empty_stack(exc: BaseException) -> bool:

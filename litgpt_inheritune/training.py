@@ -187,6 +187,7 @@ def run(**arguments: Any) -> Path:
         stack.enter_context(strategy.use_strategy(pretrain, resolved))
         stack.enter_context(safe_saves(pretrain))
         stack.enter_context(patches.patched("pretrain.pprint", _OneLineSummary(out_dir)))
+        stack.enter_context(seeded_train_order(a.data, a.seed))
         pretrain.setup(
             model_name=child.name,
             model_config=child,
@@ -206,6 +207,28 @@ def run(**arguments: Any) -> Path:
             seed=a.seed,
         )
     return out_dir / "final"
+
+
+@contextmanager
+def seeded_train_order(data: DataModule, seed: int):
+    """The run's seed decides the order of a litdata training stream (TextFiles, LitData), as it decides the init of
+    what is not inherited: without it every seed of an inherited child would train on the same sequence of batches.
+    Wraps this data module's ``train_dataloader`` (the instance's, not the class's) while the run lasts."""
+    from litdata import StreamingDataset
+
+    build = data.train_dataloader
+
+    def train_dataloader():
+        loader = build()
+        if isinstance(getattr(loader, "dataset", None), StreamingDataset):
+            patches.set_shuffle_seed(loader.dataset, seed)
+        return loader
+
+    data.train_dataloader = train_dataloader
+    try:
+        yield
+    finally:
+        del data.train_dataloader  # the class's method again
 
 
 @contextmanager

@@ -139,7 +139,7 @@ def test_config_hub_recipe_runs_a_smoke_version(path, tmp_path, smollm2_tokenize
         else:
             args += ["--n_layers", "2", "--train.epochs", "null", "--train.max_tokens", "128"]
         if command == "inheritune_arms":
-            args += ["--arms", "[inherit, random]", "--eval.interval", "1"]
+            args += ["--arms", "[inherit, random]", "--seeds", "[0]", "--eval.interval", "1"]
     if command != "pretrain":
         args.append(str(reference))  # reference_dir is positional; given after --config, it wins over the YAML's
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}  # litgpt pretrain compiles unconditionally; not worth it here

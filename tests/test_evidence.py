@@ -214,3 +214,19 @@ def tokens(split_dir: Path) -> list[int]:
 
     dataset = StreamingDataset(input_dir=str(split_dir), item_loader=TokensLoader(block_size=1))
     return [int(dataset[i][0]) for i in range(len(dataset))]
+
+
+def test_the_seed_orders_the_training_data_of_an_inherited_child(tmp_path, tiny_reference, text):
+    """An inherited child has nothing random to initialise: its seed must still change the run (the order of the
+    training stream), or runs over several seeds would repeat one run and report a spread of zero."""
+    def final_weights(seed: int, name: str) -> dict:
+        out = tmp_path / name
+        setup(tiny_reference, out_dir=out, data=text(), seed=seed,
+              train=InherituneTrainArgs(**{**vars(train_args(max_tokens=3 * 64)), "keep_best": False}),
+              eval=EvalArgs(interval=1000, max_iters=1, initial_validation=False, final_validation=False),
+              optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}}, **RUN)
+        return torch.load(out / "final" / "lit_model.pth", weights_only=False)["model"]
+
+    first, again, other = final_weights(0, "seed0"), final_weights(0, "seed0-again"), final_weights(1, "seed1")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
