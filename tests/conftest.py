@@ -43,7 +43,16 @@ def smollm2_dir(tmp_path_factory) -> Path:
     cache = os.environ.get("INHERITUNE_TEST_REFERENCE")  # reuse a converted copy across local runs
     if cache:
         return prepare_smollm2(Path(cache))
+    if _set_up_reference():  # the one README's set-up converted for the demo (only read, never written)
+        return _set_up_reference()
     return prepare_smollm2(tmp_path_factory.mktemp("reference") / "SmolLM2-135M-Instruct")
+
+
+def _set_up_reference() -> Path | None:
+    """``checkpoints/SmolLM2-135M-Instruct`` of this checkout when README's set-up (the demo) converted it whole."""
+    directory = Path(__file__).resolve().parents[1] / "checkpoints" / "SmolLM2-135M-Instruct"
+    complete = all((directory / name).is_file() for name in ("lit_model.pth", "model_config.yaml", "tokenizer.json"))
+    return directory if complete else None
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +64,8 @@ def smollm2_tokenizer(tmp_path_factory) -> Path:
     cache = os.environ.get("INHERITUNE_TEST_REFERENCE")
     if cache and (Path(cache) / "tokenizer.json").is_file():
         return Path(cache)
+    if _set_up_reference():
+        return _set_up_reference()
     return prepare_smollm2_tokenizer(tmp_path_factory.mktemp("tokenizer") / "SmolLM2-135M-Instruct")
 
 

@@ -76,3 +76,21 @@ def test_the_error_wrapper_keeps_the_signature_and_turns_bad_input_into_one_line
     with pytest.raises(SystemExit) as exit_info:
         command(-1)
     assert str(exit_info.value.code) == "error: x must not be negative; pass --x 0 or more"
+
+
+def test_every_module_is_a_package_file_that_git_and_the_wheel_keep():
+    """Each folder of the package has its __init__.py, and no source file matches .gitignore (a root pattern such as
+    `data/` once hid litgpt_inheritune/data/ from git and from the wheel, which builds from what git keeps)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    for folder in {p.parent for p in PACKAGE.rglob("*.py")} - {PACKAGE}:
+        if folder.name != "__pycache__":
+            assert (folder / "__init__.py").is_file(), folder
+    if shutil.which("git") is None or not (PACKAGE.parent / ".git").exists():
+        pytest.skip("not a git checkout")
+    sources = [str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts]
+    ignored = subprocess.run(["git", "check-ignore", *sources], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert ignored.stdout.split() == []
