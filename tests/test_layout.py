@@ -92,5 +92,6 @@ def test_every_module_is_a_package_file_that_git_and_the_wheel_keep():
     if shutil.which("git") is None or not (PACKAGE.parent / ".git").exists():
         pytest.skip("not a git checkout")
     sources = [str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts]
-    ignored = subprocess.run(["git", "check-ignore", "--no-index", *sources], cwd=PACKAGE.parent, capture_output=True, text=True)
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *sources], cwd=PACKAGE.parent,
+                             capture_output=True, text=True)
     assert ignored.stdout.split() == []
