@@ -23,7 +23,7 @@ def gpu_check_module():
     return module
 
 
-def test_cpu_mode_measures_stock_and_a_candidate_and_smokes_a_command(tmp_path, smollm2_dir, monkeypatch, capfd):
+def test_cpu_mode_measures_stock_and_a_candidate_and_smokes_a_command(tmp_path, smollm2_tokenizer, monkeypatch, capfd):
     """In this process, as `python bench/gpu_check.py` runs it (the smoke command is a real `litgpt` subprocess)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -32,7 +32,7 @@ def test_cpu_mode_measures_stock_and_a_candidate_and_smokes_a_command(tmp_path, 
     out = tmp_path / "check"
     gpu_check = gpu_check_module()
     result = gpu_check.main([
-        "--device", "cpu", "--tiny", "--out_dir", str(out), "--tokenizer_dir", str(smollm2_dir), "--steps", "3",
+        "--device", "cpu", "--tiny", "--out_dir", str(out), "--tokenizer_dir", str(smollm2_tokenizer), "--steps", "3",
         "--warmup", "1", "--stock", "stock", "--candidates", "fused_ce+cudnn_attention@precision=bf16-true",
         "--smoke", "inheritune",
     ])
@@ -98,14 +98,14 @@ def test_every_smoke_command_parses_with_its_own_cli_on_cuda_and_cpu(tmp_path):
             assert "--kd_quantize" not in arms and train[train.index("--optimizer") + 1] == "torch.optim.AdamW"
         assert train[train.index("--speed") + 1] == "all"
 
-def test_a_tiny_budget_trims_steps_and_commands_and_says_so(tmp_path, smollm2_dir, monkeypatch):
+def test_a_tiny_budget_trims_steps_and_commands_and_says_so(tmp_path, smollm2_tokenizer, monkeypatch):
     """In this process (the imports are already paid for): 40 steps never fit, so each run is trimmed, stopped or
     not run, and the smoke does not start; all of it is listed."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     budget = 10
     out = tmp_path / "check"
     result = gpu_check_module().main([
-        "--device", "cpu", "--tiny", "--out_dir", str(out), "--tokenizer_dir", str(smollm2_dir), "--only",
+        "--device", "cpu", "--tiny", "--out_dir", str(out), "--tokenizer_dir", str(smollm2_tokenizer), "--only",
         "throughput,smoke", "--budget_s", str(budget), "--steps", "40", "--warmup", "1", "--stock", "stock",
         "--candidates", "fused_ce", "--est_overhead_s", "2",
     ])
