@@ -209,12 +209,19 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
             raise InherituneError(f"{str(out_dir)!r} appeared while writing; pass --overwrite true to replace it")
-        old = staging_path(out_dir, "old")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Puts a complete ``staging`` dir at ``target``: an existing one is renamed aside first and deleted after, so a
+    kill leaves either the old or the new dir whole (and the old one aside at worst, named by ``staging_path``)."""
+    if target.exists():
+        old = staging_path(target, "old")
+        os.replace(target, old)
+        os.replace(staging, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out_dir)
+        os.replace(staging, target)
 
 
 def write_checkpoint(
@@ -426,13 +433,7 @@ def save_best(fabric, model, best_dir: Path, record: dict, tokenizer_dir: Path, 
             write_json(staging / BEST_RECORD, record)
             with open(staging / "lit_model.pth", "rb") as stream:
                 os.fsync(stream.fileno())
-            if best_dir.exists():
-                old = staging_path(best_dir, "old")
-                os.replace(best_dir, old)
-                os.replace(staging, best_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, best_dir)
+            replace_dir(staging, best_dir)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise disk_error(exc, best_dir) from None
