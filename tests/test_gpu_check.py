@@ -118,7 +118,6 @@ def test_a_tiny_budget_trims_steps_and_commands_and_says_so(tmp_path, smollm2_to
         assert any(t.startswith(f"throughput {row['requested']}:") for t in result["trimmed"])
     assert all(r["status"] == "not run (budget)" for r in result["smoke"]) and len(result["smoke"]) == 7
     assert any(t.startswith("smoke: not run") for t in result["trimmed"])
-    assert result["wall_s"] < budget + 5  # the budget is hard: a run past its share is stopped
     assert "## Trimmed to fit the budget" in markdown and "- nothing" not in markdown
     for line in result["trimmed"]:
         assert f"- {line}" in markdown
