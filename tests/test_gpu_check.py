@@ -99,8 +99,9 @@ def test_every_smoke_command_parses_with_its_own_cli_on_cuda_and_cpu(tmp_path):
         assert train[train.index("--speed") + 1] == "all"
 
 def test_a_tiny_budget_trims_steps_and_commands_and_says_so(tmp_path, smollm2_tokenizer, monkeypatch):
-    """In this process (the imports are already paid for): 40 steps never fit, so each run is trimmed, stopped or
-    not run, and the smoke does not start; all of it is listed."""
+    """In this process (the imports are already paid for): the smoke does not fit and does not start, each
+    throughput run is planned against its share of the budget, and all of it is listed (how many steps a run keeps
+    depends on the machine's speed, so it is not asserted)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     budget = 10
     out = tmp_path / "check"
@@ -114,7 +115,6 @@ def test_a_tiny_budget_trims_steps_and_commands_and_says_so(tmp_path, smollm2_to
     assert result["mem24"] == [] and result["trimmed"]
     for row in result["throughput"]:
         assert row["status"] in ("ok", "not run (budget)", "stopped (budget)"), row
-        assert row["status"] != "ok" or row["steps"] < 40
         assert any(t.startswith(f"throughput {row['requested']}:") for t in result["trimmed"])
     assert all(r["status"] == "not run (budget)" for r in result["smoke"]) and len(result["smoke"]) == 7
     assert any(t.startswith("smoke: not run") for t in result["trimmed"])
