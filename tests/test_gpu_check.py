@@ -115,7 +115,8 @@ def test_a_tiny_budget_trims_steps_and_commands_and_says_so(tmp_path, smollm2_to
     assert result["mem24"] == [] and result["trimmed"]
     for row in result["throughput"]:
         assert row["status"] in ("ok", "not run (budget)", "stopped (budget)"), row
-        assert any(t.startswith(f"throughput {row['requested']}:") for t in result["trimmed"])
+        if row["status"] != "ok" or row["steps"] < 40:  # whatever was cut is listed
+            assert any(t.startswith(f"throughput {row['requested']}:") for t in result["trimmed"])
     assert all(r["status"] == "not run (budget)" for r in result["smoke"]) and len(result["smoke"]) == 7
     assert any(t.startswith("smoke: not run") for t in result["trimmed"])
     assert "## Trimmed to fit the budget" in markdown and "- nothing" not in markdown
