@@ -264,12 +264,6 @@ def evaluation_hooks(pretrain_module, out_dir: Path, keep_best: bool, recorded: 
         else:
             if id(loader) not in fixed:
                 fixed[id(loader)] = FixedSet(loader, fabric.global_rank, fabric.world_size)
-            if not fixed[id(loader)].take(max_iters):
-                raise InherituneError(
-                    f"the validation set holds fewer than {fabric.world_size} batch(es) of "
-                    f"{micro_batch_size} x {model.max_seq_length + 1} tokens (one per process); give more "
-                    "validation text or lower --train.micro_batch_size"
-                )
             loss = fixed_loss(fabric, model, fixed[id(loader)], max_iters, verbose, plain_validate)
         if verbose and keep_best and "state" in seen:
             _keep_if_best(fabric, model, seen["state"], float(loss))
