@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from litgpt_inheritune.errors import InherituneError
+from litgpt_inheritune import patches
 
 DISK_MARGIN = 64 * 2**20  # bytes beyond a written child's size that must be free (configs, tokenizer, logs)
 
@@ -205,7 +206,7 @@ def prepare_text_files(data) -> None:
     if not renames:
         return
     try:
-        with private_litdata_cache():
+        with private_litdata_cache(), patches.forked_text_preparation():
             staged.prepare_data()
         for tmp, target in renames:
             try:

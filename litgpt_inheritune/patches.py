@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from litgpt_inheritune.errors import InherituneError
 
@@ -86,6 +87,11 @@ PATCHES: dict[str, Patch] = {
         "litdata.streaming.dataset", "StreamingDataset.seed", LITDATA, None,
         "the run's --seed orders the training data: LitGPT's TextFiles leaves litdata's fixed shuffle seed (42), so "
         "runs of an inherited child with other seeds would be the same run"),
+    "litdata.optimize": Patch(
+        "litdata", "optimize", LITDATA, ("fn", "inputs", "output_dir"),
+        "LitGPT's TextFiles prepares text through litdata's optimize, whose workers start by spawn: each re-imports "
+        "torch and LitGPT (about 10 s a preparation) and spawn stays the process's start method afterwards. On Linux "
+        "they start by fork (its start_method parameter), and the start method is put back"),
     "torch.stack.empty_message": Patch(
         "torch", "stack", TORCH, None,
         "LitGPT's validate stacks an empty list when a domain has no batch here: recognised by torch's message "
@@ -128,6 +134,11 @@ def check(name: str) -> None:
             except RuntimeError as exc:
                 if EMPTY_STACK not in str(exc):
                     problem = f"its message is now {str(exc)!r}"
+        elif name == "litdata.optimize":
+            _, _, target = _resolve(patch)
+            found = list(inspect.signature(inspect.unwrap(target)).parameters)
+            if found[:3] != list(patch.parameters) or "start_method" not in found:
+                problem = f"its parameters are now {found}, the patch expects {list(patch.parameters)} first and start_method"
         elif name.startswith("litdata."):  # private attributes, set in __init__ / methods: look in the source
             class_name, attribute = patch.attribute.split(".")
             owner = getattr(importlib.import_module(patch.module), class_name)
@@ -202,6 +213,31 @@ def set_shuffle_seed(dataset, seed: int) -> None:
 def is_empty_stack(exc: BaseException) -> bool:
     """Patch "torch.stack.empty_message": LitGPT's validate failed because it had no batch to stack."""
     return isinstance(exc, RuntimeError) and EMPTY_STACK in str(exc)
+
+
+@contextmanager
+def forked_text_preparation() -> Iterator[None]:
+    """Patch "litdata.optimize": while open, litdata's ``optimize`` (called by LitGPT's ``TextFiles.prepare_data``)
+    starts its workers by fork on Linux, unless the caller chose a start method; the process's start method is
+    restored afterwards. Elsewhere (macOS, Windows: fork is unsafe or absent) nothing changes."""
+    import multiprocessing
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    optimize = original("litdata.optimize")
+
+    def forked(*args, **kwargs):
+        kwargs.setdefault("start_method", "fork")
+        return optimize(*args, **kwargs)
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    try:
+        with patched("litdata.optimize", forked):
+            yield
+    finally:
+        multiprocessing.set_start_method(before, force=True)
 
 
 def set_parser_commands(parser_config, parser_commands: Callable) -> None:

@@ -89,3 +89,33 @@ def test_a_broken_entry_point_is_left_out_with_a_warning(capsys):
     assert list(commands) == ["good"]
     warning = capsys.readouterr().err.strip()
     assert "\n" not in warning and "'bad'" in warning and "someone_elses_plugin" in warning
+
+
+_SET_IN_THIS_PROCESS: list[int] = []
+
+
+def _forked(item):
+    yield bool(_SET_IN_THIS_PROCESS)  # a forked worker has this process's memory; a spawned one imports afresh
+
+
+def test_text_preparation_forks_litdatas_workers_and_restores_the_start_method(tmp_path, monkeypatch):
+    import multiprocessing
+    import sys
+
+    import litdata
+    from litdata.streaming import StreamingDataset
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("fork only on Linux")
+    monkeypatch.setenv("DATA_OPTIMIZER_CACHE_FOLDER", str(tmp_path / "chunks"))
+    monkeypatch.setenv("DATA_OPTIMIZER_DATA_CACHE_FOLDER", str(tmp_path / "data"))
+    before = multiprocessing.get_start_method(allow_none=True)
+    plain = litdata.optimize
+    monkeypatch.setattr(sys.modules[__name__], "_SET_IN_THIS_PROCESS", [1])
+    with patches.forked_text_preparation():
+        assert litdata.optimize is not plain
+        litdata.optimize(fn=_forked, inputs=[0, 1], output_dir=str(tmp_path / "out"), num_workers=1,
+                         chunk_bytes="1MB")
+    assert litdata.optimize is plain
+    assert multiprocessing.get_start_method(allow_none=True) == before
+    assert list(StreamingDataset(str(tmp_path / "out"))) == [True, True]
