@@ -47,17 +47,20 @@ def litgpt_in_process(capsys, *args: str) -> tuple[int, str, str]:
 
     precision = torch.get_float32_matmul_precision()
     capsys.readouterr()
-    code = 0
+    code, message = 0, ""
     try:
-        with mock.patch.object(sys, "argv", ["litgpt", *args]):
+        with mock.patch.object(sys, "argv", ["litgpt", *map(str, args)]):
             litgpt_main.main()
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:  # the interpreter would print the message to stderr and exit 1
+            code, message = 1, f"{exc.code}\n"
     finally:
         torch.set_float32_matmul_precision(precision)
         set_config_read_mode(urls_enabled=False)
     out = capsys.readouterr()
-    return code, out.out, out.err
+    return code, out.out, out.err + message
 
 
 def test_litgpt_help_lists_our_commands_next_to_stock_ones():
@@ -131,17 +134,19 @@ def test_start_up_hook_survives_running_twice():
     assert lines[1] == "1 True"
 
 
-def test_init_from_yaml_config_writes_a_child_that_stock_commands_accept(tmp_path, tiny_reference):
+def test_init_from_yaml_config_writes_a_child_that_stock_commands_accept(tmp_path, tiny_reference, capsys):
     config = tmp_path / "init.yaml"
     out = tmp_path / "child"
     config.write_text(yaml.safe_dump({"reference_dir": str(tiny_reference), "layers": [0, 1, 5], "out_dir": str(out)}))
-    litgpt("inheritune_init", "--config", str(config))
+    litgpt("inheritune_init", "--config", str(config))  # a YAML run as a user starts it
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3
 
-    # Stock LitGPT takes the child as it is: generation and conversion to HF format.
-    generated = litgpt("generate", str(out), "--prompt", "Hello", "--max_new_tokens", "3", "--precision", "32-true")
-    assert "Hello" in generated.stdout
-    litgpt("convert_from_litgpt", str(out), str(tmp_path / "hf"))
+    # Stock LitGPT takes the child as it is: generation and conversion to HF format (its own entry point, here).
+    code, generated, err = litgpt_in_process(capsys, "generate", str(out), "--prompt", "Hello", "--max_new_tokens",
+                                             "3", "--precision", "32-true")
+    assert code == 0 and "Hello" in generated, err[-2000:]
+    code, _, err = litgpt_in_process(capsys, "convert_from_litgpt", str(out), str(tmp_path / "hf"))
+    assert code == 0, err[-2000:]
     converted = torch.load(tmp_path / "hf" / "model.pth", weights_only=True)
     assert {int(k.split(".")[2]) for k in converted if k.startswith("model.layers.")} == {0, 1, 2}
 

@@ -1,6 +1,5 @@
 """Speed options: same loss and gradients as LitGPT's stock path, one-line errors, and the benchmark's CPU smoke run."""
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -171,15 +170,27 @@ def test_flops_per_token_matches_the_issue_mfu_convention():
     assert 0.45 < 40_000 * flops / speed.peak_bf16_flops("NVIDIA H100 80GB HBM3") < 0.47
 
 
-def test_bench_cpu_smoke_run_prints_the_table(tmp_path):
+def bench_module():
+    """bench/train_speed.py as a module: its ``main(argv)`` is what `python bench/train_speed.py ARGS` runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "bench" / "train_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["train_speed"] = bench  # its dataclass looks its module up
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules["train_speed"]
+    return bench
+
+
+def test_bench_cpu_smoke_run_prints_the_table(tmp_path, capsys, monkeypatch):
     out = tmp_path / "runs.jsonl"
-    cmd = [
-        sys.executable, str(ROOT / "bench" / "train_speed.py"), "--device", "cpu", "--tiny", "--steps", "4",
-        "--warmup", "1", "--runs", "stock,all,stock@mb=2,fused_ce@mb=2,precision=32-true", "--out", str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    table = proc.stdout[proc.stdout.index("| run |"):]
+    monkeypatch.chdir(tmp_path)
+    bench_module().main(["--device", "cpu", "--tiny", "--steps", "4", "--warmup", "1", "--runs",
+                         "stock,all,stock@mb=2,fused_ce@mb=2,precision=32-true", "--out", str(out)])
+    stdout = capsys.readouterr().out
+    table = stdout[stdout.index("| run |"):]
     for run in ("stock", "all", "stock@mb=2", "fused_ce@mb=2,precision=32-true"):
         assert f"| {run} |" in table
     rows = [line for line in out.read_text().splitlines() if '"run"' in line]
@@ -195,22 +206,14 @@ def test_bench_cpu_smoke_run_prints_the_table(tmp_path):
 
 
 def test_bench_rejects_a_bad_run_spec_in_one_line():
-    cmd = [sys.executable, str(ROOT / "bench" / "train_speed.py"), "--device", "cpu", "--tiny", "--runs", "fast"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: bad run spec 'fast'")
+    with pytest.raises(SystemExit) as info:
+        bench_module().main(["--device", "cpu", "--tiny", "--runs", "fast"])
+    message = str(info.value.code)
+    assert message.startswith("error: bad run spec 'fast'") and "\n" not in message
 
 
 def test_bench_run_specs():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "bench" / "train_speed.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["train_speed"] = bench  # its dataclass looks its module up
-    try:
-        spec.loader.exec_module(bench)
-    finally:
-        del sys.modules["train_speed"]
+    bench = bench_module()
     runs = bench.split_runs("stock,checkpoint+fused_ce@optimizer=adamw8bit,mem=24,stock#2,all@mb=8")
     assert runs == ["stock", "checkpoint+fused_ce@optimizer=adamw8bit,mem=24", "stock#2", "all@mb=8"]
     assert bench.parse_spec(runs[1]) == (runs[1], ("checkpoint", "fused_ce"), {"optimizer": "adamw8bit", "mem": "24"})
@@ -219,17 +222,14 @@ def test_bench_run_specs():
         bench.parse_spec("fused_ce@lr=1")
 
 
-def test_bench_memory_estimate_runs_without_a_gpu(tmp_path):
+def test_bench_memory_estimate_runs_without_a_gpu(tmp_path, capsys, monkeypatch):
     import json
 
     out = tmp_path / "mem.jsonl"
-    cmd = [
-        sys.executable, str(ROOT / "bench" / "train_speed.py"), "--device", "cpu", "--tiny", "--estimate_memory",
-        "--precision", "bf16-mixed", "--runs", "stock,fused_ce+checkpoint@optimizer=adamw8bit", "--out", str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| stock | 4 | bf16-mixed | AdamW (fused) |" in proc.stdout
+    monkeypatch.chdir(tmp_path)
+    bench_module().main(["--device", "cpu", "--tiny", "--estimate_memory", "--precision", "bf16-mixed", "--runs",
+                         "stock,fused_ce+checkpoint@optimizer=adamw8bit", "--out", str(out)])
+    assert "| stock | 4 | bf16-mixed | AdamW (fused) |" in capsys.readouterr().out
     stock, lean = (json.loads(line) for line in out.read_text().splitlines() if '"run"' in line)
     assert stock["param_gib"] == pytest.approx(lean["param_gib"])
     # AdamW's two float32 states per value against two uint8 states (plus block scales) of bitsandbytes' 8-bit AdamW

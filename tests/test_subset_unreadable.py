@@ -97,17 +97,14 @@ def test_skip_unreadable_leaves_the_files_out_whole(tmp_path, corpora, tiny_refe
     assert files(out / "val") == files(tmp_path / f"clean{num_workers}" / "val")
 
 
-def test_cli_error_is_one_line(tmp_path, corpora, tiny_reference):
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_cli_error_is_one_line(tmp_path, corpora, tiny_reference, capsys):
+    from test_cli import litgpt_in_process
 
     _, damaged = corpora
-    run = subprocess.run([str(Path(sys.executable).parent / "litgpt"), "inheritune_data", str(damaged),
-                          str(tiny_reference), "--tokens", "4000", "--out_dir", str(tmp_path / "cli")],
-                         capture_output=True, text=True)
-    assert run.returncode != 0 and not (tmp_path / "cli").exists()
-    last = run.stderr.strip().splitlines()[-1]
+    code, _, err = litgpt_in_process(capsys, "inheritune_data", str(damaged), str(tiny_reference), "--tokens", "4000",
+                                     "--out_dir", str(tmp_path / "cli"))
+    assert code != 0 and not (tmp_path / "cli").exists()
+    last = err.strip().splitlines()[-1]
     assert last.startswith("error: cannot read ") and "bad-json.jsonl:7" in last and "--skip_unreadable true" in last
 
 
