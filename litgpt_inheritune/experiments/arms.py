@@ -149,13 +149,13 @@ def _common_mean(curves: list[list]) -> list[tuple[float, float, float]]:
     return band
 
 
-def aggregate(runs: list[dict]) -> list[dict]:
+def aggregate(runs: list[dict], baseline: str = BASELINE) -> list[dict]:
     """Table rows from per-seed results; a pure function of its input.
 
     Each run is a dict with ``arm``, ``seed``, ``best_loss`` and optionally ``lr``, ``tokens``, ``test_loss``,
     ``start_loss``, ``final_loss``, ``curve`` ((step, val loss) pairs) and ``token_curve`` ((tokens seen, val loss)
     pairs). One row per arm, in the order arms first appear: for each loss its mean over seeds and sample std
-    (``<loss>_std``), the difference of the best validation and the test loss to the ``inherit`` arm with its
+    (``<loss>_std``), the difference of the best validation and the test loss to the ``baseline`` arm with its
     standard error (``best_vs_inherit``, ``test_vs_inherit``, see ``difference``), the mean curve and the band
     (tokens, mean, std) over seeds, and the runs themselves (``runs``)."""
     arms = list(dict.fromkeys(r["arm"] for r in runs))
@@ -177,8 +177,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
         for key in ("start_loss", "final_loss", "best_loss", "test_loss"):
             row[key], row[f"{key}_std"] = mean_std(losses(group, key))
         for key, name in (("best_loss", "best_vs_inherit"), ("test_loss", "test_vs_inherit")):
-            row[name] = (None if arm == BASELINE or BASELINE not in groups
-                         else difference(losses(group, key), losses(groups[BASELINE], key)))
+            row[name] = (None if arm == baseline or baseline not in groups
+                         else difference(losses(group, key), losses(groups[baseline], key)))
         row["curve"] = [(x, m) for x, m, _ in _common_mean([r.get("curve") or [] for r in group])]
         row["band"] = _common_mean([r.get("token_curve") or [] for r in group])
         row["runs"] = group
