@@ -10,9 +10,11 @@ import tempfile
 os.environ["INHERITUNE_CACHE"] = tempfile.mkdtemp(prefix="inheritune-test-cache-")
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -114,6 +116,40 @@ def raw_text(tmp_path, text_dirs) -> Path:
     for path in sorted(text_dirs[0].glob("*.txt")):
         (directory / path.name).write_text(path.read_text())
     return directory
+
+
+@pytest.fixture
+def litgpt_cli(capfd):
+    """``litgpt_cli(*args)`` runs ``litgpt ARGS`` through LitGPT's own entry point in this process and returns (exit
+    code, stdout, stderr). Output is captured at the file-descriptor level (some of Lightning's helpers ask stderr for
+    its ``fileno``; git's messages bypass sys.stderr). The global settings LitGPT's main changes (matmul precision,
+    jsonargparse's URL mode) are restored afterwards; a string exit code is reported as the interpreter would, exit
+    code 1 and the message on stderr."""
+    from unittest import mock
+
+    from jsonargparse import set_config_read_mode
+
+    import litgpt.__main__ as litgpt_main
+
+    def run(*args) -> tuple[int, str, str]:
+        precision = torch.get_float32_matmul_precision()
+        capfd.readouterr()
+        code, message = 0, ""
+        try:
+            with mock.patch.object(sys, "argv", ["litgpt", *map(str, args)]):
+                litgpt_main.main()
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                code, message = 1, f"{exc.code}\n"
+        finally:
+            torch.set_float32_matmul_precision(precision)
+            set_config_read_mode(urls_enabled=False)
+        out = capfd.readouterr()
+        return code, out.out, out.err + message
+
+    return run
 
 
 def pytest_sessionfinish(session, exitstatus):

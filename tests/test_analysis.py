@@ -150,26 +150,24 @@ def test_select_layers():
         select_layers("last", 3, 5)
 
 
-def test_analyze_command_on_the_real_model_and_select_from_it(smollm2_dir, raw_text, tmp_path, capsys):
+def test_analyze_command_on_the_real_model_and_select_from_it(smollm2_dir, raw_text, tmp_path, litgpt_cli):
     """The real SmolLM2 reference on real text: files written, then a child's blocks chosen from the analysis (both
     through LitGPT's CLI entry point, in this process)."""
-    from test_cli import litgpt_in_process
-
     out = tmp_path / "analysis"
     command = ["inheritune_analyze", str(smollm2_dir), "--data", str(raw_text), "--out_dir", str(out),
                "--n_sequences", "3", "--seq_len", "24"]
-    code, _, err = litgpt_in_process(capsys, *command)
+    code, _, err = litgpt_cli(*command)
     assert code == 0, err[-2000:]
     result = json.loads((out / "analysis.json").read_text())
     assert result["n_blocks"] == 30 and len(result["blocks"]) == 30 and result["sequences"] == 3
     assert len(result["blocks"][0]["rank_per_head"]) == 9
     assert 1 <= result["suggested_n"] < 30
     assert (out / "analysis.png").stat().st_size > 10_000 and (out / "analysis.md").is_file()
-    code, _, err = litgpt_in_process(capsys, *command)
+    code, _, err = litgpt_cli(*command)
     assert code != 0 and "already holds an analysis" in err.strip().splitlines()[-1]
 
     child = tmp_path / "child"
-    code, _, err = litgpt_in_process(capsys, "inheritune_init", str(smollm2_dir), "--n_layers", "6", "--select",
+    code, _, err = litgpt_cli("inheritune_init", str(smollm2_dir), "--n_layers", "6", "--select",
                                      "block_influence", "--analysis", str(out), "--out_dir", str(child))
     assert code == 0, err[-2000:]
     record = json.loads((child / "inheritune.json").read_text())

@@ -176,15 +176,12 @@ def call(command, reference, out, text_dirs, tokenizer_dir=None, resume=False, *
         )
 
 
-def test_optimizer_key_beside_init_args_is_refused(tmp_path, tiny_reference, text_dirs, capsys):
+def test_optimizer_key_beside_init_args_is_refused(tmp_path, tiny_reference, text_dirs, litgpt_cli):
     """`--optimizer.lr X` on top of a --config that gives the optimizer lands beside init_args, where LitGPT ignores
     it: the run must stop instead of training with the YAML's learning rate."""
-    from test_cli import litgpt_in_process
-
     config = Path(__file__).parents[1] / "config_hub" / "smollm2_shape.yaml"
     out = tmp_path / "out"
-    code, _, err = litgpt_in_process(
-        capsys, "inheritune", "--config", str(config), str(tiny_reference), "--n_layers", "2", "--out_dir", str(out),
+    code, _, err = litgpt_cli("inheritune", "--config", str(config), str(tiny_reference), "--n_layers", "2", "--out_dir", str(out),
         "--data.train_data_path", str(text_dirs[0]), "--data.val_data_path", str(text_dirs[1]), "--optimizer.lr", "3e-4")
     assert code != 0
     last = err.strip().splitlines()[-1]

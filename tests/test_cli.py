@@ -36,33 +36,6 @@ def litgpt(*args: str, **kw) -> subprocess.CompletedProcess:
     return run(str(BIN / "litgpt"), *args, **kw)
 
 
-def litgpt_in_process(capsys, *args: str) -> tuple[int, str, str]:
-    """``litgpt ARGS`` through LitGPT's own entry point in this process: (exit code, stdout, stderr). The global
-    settings LitGPT's main changes (matmul precision, jsonargparse's URL mode) are restored afterwards."""
-    from unittest import mock
-
-    from jsonargparse import set_config_read_mode
-
-    import litgpt.__main__ as litgpt_main
-
-    precision = torch.get_float32_matmul_precision()
-    capsys.readouterr()
-    code, message = 0, ""
-    try:
-        with mock.patch.object(sys, "argv", ["litgpt", *map(str, args)]):
-            litgpt_main.main()
-    except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            code = exc.code or 0
-        else:  # the interpreter would print the message to stderr and exit 1
-            code, message = 1, f"{exc.code}\n"
-    finally:
-        torch.set_float32_matmul_precision(precision)
-        set_config_read_mode(urls_enabled=False)
-    out = capsys.readouterr()
-    return code, out.out, out.err + message
-
-
 def test_litgpt_help_lists_our_commands_next_to_stock_ones():
     out = litgpt("--help").stdout
     for command in ("inheritune", "inheritune_init", "inheritune_data", "inheritune_analyze", "inheritune_grow",
@@ -75,8 +48,8 @@ def test_python_m_litgpt_also_has_the_commands():
     assert "inheritune_init" in out
 
 
-def test_stock_command_still_works(capsys):
-    code, out, _ = litgpt_in_process(capsys, "pretrain", "--help")
+def test_stock_command_still_works(litgpt_cli):
+    code, out, _ = litgpt_cli("pretrain", "--help")
     assert code == 0 and "--initial_checkpoint_dir" in out
 
 
@@ -86,8 +59,8 @@ def test_stock_command_still_works(capsys):
                                                ("inheritune_evaluate", evaluate.setup),
                                                ("inheritune_collect", evaluate.collect_setup),
                                                ("inheritune_width", width.setup), ("inheritune_prune", prune.setup)])
-def test_help_documents_every_argument(command, function, capsys):
-    code, out, _ = litgpt_in_process(capsys, command, "--help")
+def test_help_documents_every_argument(command, function, litgpt_cli):
+    code, out, _ = litgpt_cli(command, "--help")
     assert code == 0
     for name, parameter in inspect.signature(function).parameters.items():
         # Required arguments are positional (with a --name alias), the rest are options.
@@ -134,7 +107,7 @@ def test_start_up_hook_survives_running_twice():
     assert lines[1] == "1 True"
 
 
-def test_init_from_yaml_config_writes_a_child_that_stock_commands_accept(tmp_path, tiny_reference, capsys):
+def test_init_from_yaml_config_writes_a_child_that_stock_commands_accept(tmp_path, tiny_reference, litgpt_cli):
     config = tmp_path / "init.yaml"
     out = tmp_path / "child"
     config.write_text(yaml.safe_dump({"reference_dir": str(tiny_reference), "layers": [0, 1, 5], "out_dir": str(out)}))
@@ -142,28 +115,28 @@ def test_init_from_yaml_config_writes_a_child_that_stock_commands_accept(tmp_pat
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3
 
     # Stock LitGPT takes the child as it is: generation and conversion to HF format (its own entry point, here).
-    code, generated, err = litgpt_in_process(capsys, "generate", str(out), "--prompt", "Hello", "--max_new_tokens",
+    code, generated, err = litgpt_cli("generate", str(out), "--prompt", "Hello", "--max_new_tokens",
                                              "3", "--precision", "32-true")
     assert code == 0 and "Hello" in generated, err[-2000:]
-    code, _, err = litgpt_in_process(capsys, "convert_from_litgpt", str(out), str(tmp_path / "hf"))
+    code, _, err = litgpt_cli("convert_from_litgpt", str(out), str(tmp_path / "hf"))
     assert code == 0, err[-2000:]
     converted = torch.load(tmp_path / "hf" / "model.pth", weights_only=True)
     assert {int(k.split(".")[2]) for k in converted if k.startswith("model.layers.")} == {0, 1, 2}
 
 
-def test_unknown_yaml_key_is_rejected_before_any_work(tmp_path, tiny_reference, capsys):
+def test_unknown_yaml_key_is_rejected_before_any_work(tmp_path, tiny_reference, litgpt_cli):
     config = tmp_path / "bad.yaml"
     out = tmp_path / "run"
     config.write_text(yaml.safe_dump({"reference_dir": str(tiny_reference), "n_layers": 2, "out_dir": str(out),
                                       "train": {"epoch": 3}}))
-    code, _, err = litgpt_in_process(capsys, "inheritune", "--config", str(config))
+    code, _, err = litgpt_cli("inheritune", "--config", str(config))
     assert code != 0
     last = err.strip().splitlines()[-1]
     assert last.startswith("error:") and "train.epoch" in last
     assert not out.exists()
 
 
-def test_inheritune_from_yaml_trains_and_records_its_arguments(tmp_path, tiny_reference, text_dirs, capsys):
+def test_inheritune_from_yaml_trains_and_records_its_arguments(tmp_path, tiny_reference, text_dirs, litgpt_cli):
     train_dir, val_dir = text_dirs
     out = tmp_path / "run"
     config = {
@@ -190,6 +163,6 @@ def test_inheritune_from_yaml_trains_and_records_its_arguments(tmp_path, tiny_re
     assert hp["n_layers"] == 2 and hp["compile"] is False and hp["train"]["max_tokens"] == 256
     assert hp["optimizer"]["init_args"]["lr"] == 1e-3
     # The recorded hyperparameters are themselves a valid config for the same command.
-    code, replay, _ = litgpt_in_process(capsys, "inheritune", "--config", str(final / "hyperparameters.yaml"),
+    code, replay, _ = litgpt_cli("inheritune", "--config", str(final / "hyperparameters.yaml"),
                                         "--print_config")
     assert code == 0 and yaml.safe_load(replay)["n_layers"] == 2

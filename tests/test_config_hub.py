@@ -106,11 +106,9 @@ def test_every_family_and_command_is_trained():
 
 
 @pytest.mark.parametrize("path", [p for p in YAMLS if p.stem in RUN], ids=lambda p: p.stem)
-def test_config_hub_recipe_runs_a_smoke_version(path, tmp_path, smollm2_tokenizer, text_dirs, capfd, monkeypatch):
+def test_config_hub_recipe_runs_a_smoke_version(path, tmp_path, smollm2_tokenizer, text_dirs, litgpt_cli, monkeypatch):
     """Through LitGPT's own entry point in this process (test_cli proves the same entry point as a subprocess)."""
     import torch._dynamo
-
-    from test_cli import litgpt_in_process
 
     config = yaml.safe_load(path.read_text())
     command = command_of(path)
@@ -146,7 +144,7 @@ def test_config_hub_recipe_runs_a_smoke_version(path, tmp_path, smollm2_tokenize
         args.append(str(reference))  # reference_dir is positional; given after --config, it wins over the YAML's
     monkeypatch.chdir(tmp_path)  # the YAML's relative paths (its analysis dir, say) resolve where a user runs it
     with torch._dynamo.config.patch(disable=True):  # litgpt pretrain compiles unconditionally; the patch restores
-        code, _, err = litgpt_in_process(capfd, *args)  # capfd: lightning_sdk asks stderr for its fileno
+        code, _, err = litgpt_cli(*args)
     assert code == 0, err[-3000:]
     finals = list(out.rglob("final/lit_model.pth"))
     assert finals, f"no final checkpoint under {out}"

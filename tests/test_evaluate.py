@@ -15,16 +15,14 @@ def litgpt(*args, cwd=None):
                           cwd=cwd)
 
 
-def test_child_and_reference_evaluate_offline_and_collect(tmp_path, tiny_reference, capfd, monkeypatch):
+def test_child_and_reference_evaluate_offline_and_collect(tmp_path, tiny_reference, litgpt_cli, monkeypatch):
     """The child's evaluation runs as a user starts it (a subprocess); the child itself, the reference's evaluation
     and the table go through LitGPT's CLI entry point in this process."""
-    from test_cli import litgpt_in_process
-
     tasks = write_pydoc_cloze(tmp_path / "tasks", n_items=6)
     items = [json.loads(line) for line in (tasks / "pydoc_cloze.jsonl").read_text().splitlines()]
     assert len(items) == 6 and all(i["target"].startswith(" ") for i in items)
     child = tmp_path / "child"
-    code, _, err = litgpt_in_process(capfd, "inheritune_init", tiny_reference, "--n_layers", "2", "--out_dir", child)
+    code, _, err = litgpt_cli("inheritune_init", tiny_reference, "--n_layers", "2", "--out_dir", child)
     assert code == 0, err[-2000:]
     monkeypatch.chdir(tmp_path)  # outside any git repository
     for name, checkpoint in (("child", child), ("reference", tiny_reference)):
@@ -33,8 +31,8 @@ def test_child_and_reference_evaluate_offline_and_collect(tmp_path, tiny_referen
         if name == "child":
             done = litgpt(*args, cwd=tmp_path)
             code, err = done.returncode, done.stderr
-        else:  # capfd: git's own stderr too
-            code, _, err = litgpt_in_process(capfd, *args)
+        else:
+            code, _, err = litgpt_cli(*args)
         assert code == 0, err[-3000:]
         # quiet of harmless alarms, and the converted weights are gone (LitGPT would reuse them, whole or not)
         assert "not a git repository" not in err and "gemm_4bit_forward" not in err
@@ -50,7 +48,7 @@ def test_child_and_reference_evaluate_offline_and_collect(tmp_path, tiny_referen
     assert table.splitlines()[0] == "| model | pydoc_cloze | average | % of reference |"
     reference_row = table.splitlines()[3]
     assert reference_row.startswith("| reference |") and reference_row.endswith(("| 100.0 |", "| - |"))
-    code, _, err = litgpt_in_process(capfd, "inheritune_collect", json.dumps({n: str(tmp_path / f"eval_{n}") for n in results}),
+    code, _, err = litgpt_cli("inheritune_collect", json.dumps({n: str(tmp_path / f"eval_{n}") for n in results}),
                                      "--reference", "reference", "--out", str(tmp_path / "table.md"))
     assert code == 0, err[-2000:]
     assert (tmp_path / "table.md").read_text().strip() == table

@@ -137,7 +137,7 @@ def test_subset_shards_are_deterministic_and_readable_by_litgpt(tmp_path, corpus
     assert not (tmp_path / "d").exists()
 
 
-def test_cli_subset_then_inheritune_trains_on_it_for_whole_epochs(tmp_path, corpus, tiny_reference, capfd):
+def test_cli_subset_then_inheritune_trains_on_it_for_whole_epochs(tmp_path, corpus, tiny_reference, litgpt_cli):
     import torch
     from litgpt.args import EvalArgs, TrainArgs
     from litgpt.data import LitData
@@ -146,9 +146,7 @@ def test_cli_subset_then_inheritune_trains_on_it_for_whole_epochs(tmp_path, corp
 
     root, _ = corpus
     out = tmp_path / "subset"
-    from test_cli import litgpt_in_process
-
-    code, _, err = litgpt_in_process(capfd, "inheritune_data", str(root), str(tiny_reference), "--tokens", "2000",
+    code, _, err = litgpt_cli("inheritune_data", str(root), str(tiny_reference), "--tokens", "2000",
                                      "--val_tokens", "300", "--out_dir", str(out))
     assert code == 0, err[-2000:]
     summary = json.loads((out / "summary.json").read_text())

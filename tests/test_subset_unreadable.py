@@ -97,11 +97,9 @@ def test_skip_unreadable_leaves_the_files_out_whole(tmp_path, corpora, tiny_refe
     assert files(out / "val") == files(tmp_path / f"clean{num_workers}" / "val")
 
 
-def test_cli_error_is_one_line(tmp_path, corpora, tiny_reference, capsys):
-    from test_cli import litgpt_in_process
-
+def test_cli_error_is_one_line(tmp_path, corpora, tiny_reference, litgpt_cli):
     _, damaged = corpora
-    code, _, err = litgpt_in_process(capsys, "inheritune_data", str(damaged), str(tiny_reference), "--tokens", "4000",
+    code, _, err = litgpt_cli("inheritune_data", str(damaged), str(tiny_reference), "--tokens", "4000",
                                      "--out_dir", str(tmp_path / "cli"))
     assert code != 0 and not (tmp_path / "cli").exists()
     last = err.strip().splitlines()[-1]
