@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from litgpt import Config
 from litgpt.data import TextFiles
 
 from litgpt_inheritune.checkpoint import write_json
@@ -48,8 +49,7 @@ def lr_name(lr: float) -> str:
     return f"{lr:g}" if lr >= 1e-3 else f"{lr:.4f}".rstrip("0")  # as run.sh spells it: 0.001, 0.0003
 
 
-def measure(out: Path, runs: Path) -> tuple[list[dict], dict]:
-    data = TextFiles(train_data_path=out / "data" / "train", val_data_path=out / "data" / "val", num_workers=0)
+def measure(out: Path, runs: Path, data: TextFiles) -> tuple[list[dict], dict]:
     measured, sweeps = [], {}
     for arm, what in ARMS.items():
         seed_dirs = sorted((runs / arm).glob("lr*/seed*/final/lit_model.pth"))
@@ -64,8 +64,6 @@ def measure(out: Path, runs: Path) -> tuple[list[dict], dict]:
             lr, seed = float(run.parent.name[2:]), int(run.name[4:])
             if lr != chosen:
                 continue  # a swept rate that lost: reported in the sweep, not in the table
-            from litgpt import Config
-
             config = Config.from_file(run / "final" / "model_config.yaml")
             best = best_of(run)
             curve = val_curve(run)
@@ -98,12 +96,10 @@ def versus(difference: dict | None) -> str:
 
 
 def main(out: Path, runs: Path, dest: Path) -> None:
-    from litgpt import Config
-
     reference = Path("checkpoints/SmolLM2-135M-Instruct")
-    measured, sweeps = measure(out, runs)
-    rows = aggregate(measured, baseline=BASELINE)  # the "vs" columns: against Inheritune's block child
     data = TextFiles(train_data_path=out / "data" / "train", val_data_path=out / "data" / "val", num_workers=0)
+    measured, sweeps = measure(out, runs, data)
+    rows = aggregate(measured, baseline=BASELINE)  # the "vs" columns: against Inheritune's block child
     ref_val = val_loss(reference, data, SEQ, BATCH, ITERS)
     ref_test = test_loss(reference, out / "data" / "test", max_seq_length=SEQ, batch_size=BATCH, max_iters=ITERS)
     prune_log = out / "prune" / "metrics.jsonl"
