@@ -173,6 +173,46 @@ def locate_text_cache(data) -> Path | None:
     return cache
 
 
+@contextmanager
+def text_cache_for(out_dir: Path, num_nodes: int) -> Iterator[None]:
+    """While open, a run on several nodes without ``$INHERITUNE_CACHE`` prepares its text beside its out_dir
+    (``PARENT/.inheritune-cache``), where every node can read it: the nodes share the run directory's filesystem
+    anyway (every rank reads the checkpoint it resumes from), not necessarily ``~/.cache``. Set in the environment,
+    so the ranks Lightning's launcher starts inherit it."""
+    if num_nodes <= 1 or os.environ.get(CACHE_ENV):
+        yield
+        return
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {CACHE_ENV: str(Path(out_dir).absolute().parent / ".inheritune-cache")}):
+        yield
+
+
+def prepared_text(data) -> list[str] | None:
+    """Where rank 0 prepared a ``TextFiles`` module's tokens (absolute paths), for the other ranks."""
+    from litgpt.data import TextFiles
+
+    if not isinstance(data, TextFiles):
+        return None
+    return [str(Path(data.out_path_train).absolute()), str(Path(data.out_path_val).absolute())]
+
+
+def use_prepared_text(data, paths: list[str] | None, rank: int) -> None:
+    """Points this rank's ``TextFiles`` module at rank 0's one preparation, which it must be able to read: no rank
+    ever prepares (writes) it again."""
+    if paths is None:
+        return
+    import socket
+
+    for path in paths:
+        if not _complete_litdata_dir(Path(path)):
+            raise InherituneError(
+                f"rank {rank} on {socket.gethostname()} cannot read the text rank 0 prepared in {path!r}; set "
+                f"{CACHE_ENV} to a directory that every node shares"
+            )
+    data.out_path_train, data.out_path_val = Path(paths[0]), Path(paths[1])
+
+
 def prepare_text_files(data) -> None:
     """Prepares a connected ``TextFiles`` module's token dirs in the cache (``locate_text_cache``) whole or not at
     all: each is built under a temporary name beside its place and renamed when complete, with a private litdata

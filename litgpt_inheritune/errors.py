@@ -23,6 +23,7 @@ def one_line_errors(command):
     command's arguments and help.
     """
     import functools
+    import sys
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -30,5 +31,8 @@ def one_line_errors(command):
             return command(*args, **kwargs)
         except InherituneError as exc:
             raise SystemExit(f"error: {exc}") from None
+        except KeyboardInterrupt:  # Ctrl-C: what was written stays whole (checkpoints are renamed into place)
+            print("error: interrupted; rerun with --resume true to continue", file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapper

@@ -52,12 +52,6 @@ PATCHES: dict[str, Patch] = {
     "pretrain.chunked_cross_entropy": Patch(
         "litgpt.pretrain", "chunked_cross_entropy", LITGPT, ("logits", "targets", "chunk_size"),
         "knowledge distillation and the fused loss replace the training loss (validation keeps LitGPT's)"),
-    "pretrain.FSDPStrategy": Patch(
-        "litgpt.pretrain", "FSDPStrategy", LITGPT, None,
-        "--strategy ddp: LitGPT builds FSDP for every multi-device run"),
-    "pretrain.pprint": Patch(
-        "litgpt.pretrain", "pprint", LITGPT, None,
-        "LitGPT prints every argument (~100 lines) at the start of each run: one line instead; the file has the rest"),
     "model.Block.forward": Patch(
         "litgpt.model", "Block.forward", LITGPT, ("self", "x", "cos", "sin", "mask", "input_pos"),
         "--speed checkpoint: activation checkpointing per block"),

@@ -1,46 +1,64 @@
-"""Run directories under one process or several: which process decides, which writes, which waits.
+"""Run directories under one process or several: launch first, then agree through the process group.
 
-Every training command (``inheritune``, ``inheritune_grow``, ``inheritune_arms``, ``inheritune_prune``) may run as
-several processes: Lightning's subprocess launcher (``--devices N``) starts rank 0 alone and re-executes the whole
-command line for ranks 1..N-1 when LitGPT calls ``fabric.launch()``; ``torchrun`` and SLURM's ``srun`` start every
-rank at once. The rules, the same for every command:
+Every training command (``inheritune``, ``inheritune_grow``, ``inheritune_arms``, ``inheritune_prune``) does what
+LitGPT's own ``pretrain.setup`` does: build a Fabric, ``fabric.launch()``, then work. Launching first gives each
+process its true global rank from Lightning's cluster environments (its own launcher, torchrun, SLURM, LSF, MPI) and
+a process group to agree through. The rules, the same for every command:
 
-- Only global rank 0 decides what a run directory holds (fresh, resumed or overwritten), deletes, builds and
-  writes files. ``rank_zero_value`` runs such a step on rank 0 and hands its JSON result to the other ranks, which
-  wait for it (``INHERITUNE_RANK_TIMEOUT`` seconds, default 7200) instead of looking at the directory themselves:
-  a re-executed or late rank joins the run rank 0 started and never refuses it as "interrupted".
-- The ranks of one launch share a launch id (``launch_id``), so a rank never takes a record of an earlier launch.
+- ``launch`` checks the launcher's world against ``--devices x --num_nodes`` (one line before any work), builds the
+  Fabric and launches it. The process group's timeout is ``INHERITUNE_RANK_TIMEOUT`` seconds (default 7200): the
+  longest rank 0 may prepare (tokenize text, build the child) while the others wait.
+- Only global rank 0 decides what a run directory holds (fresh, resumed or overwritten), deletes, builds and writes
+  files: ``agree`` runs such a step on rank 0 and broadcasts its result (or its one-line error) to every rank.
+- One writer per run directory: rank 0 holds a ``Claim`` on it while the run lives (a kernel lock, released when
+  the process ends, even by ``kill -9``); a second run into a live directory stops in one line naming the first.
+- A rank whose peers are gone (killed, or stopped by an error) ends in one line (``peers``), not a traceback.
 - ``decide`` holds what refuse / ``--resume`` / ``--overwrite`` mean, for every command.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import time
-import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 from litgpt_inheritune.errors import InherituneError
 
-LAUNCH_ENV = "INHERITUNE_LAUNCH_ID"  # set by rank 0; Lightning's launcher copies it to the ranks it starts
 TIMEOUT_ENV = "INHERITUNE_RANK_TIMEOUT"
-RECORDS = ".inheritune-ranks"  # rank 0's decisions and results, one JSON file per step, inside the run dir
-_POLL_S = 0.2
+DEFAULT_TIMEOUT_S = 7200.0
 
 Resume = bool | Literal["auto"] | Path
 
 
-def global_rank(environ: Mapping[str, str] | None = None) -> int:
-    """This process's global rank as the launcher set it, before or after ``fabric.launch()``.
+def timeout_s() -> float:
+    """The process group's timeout: how long any rank waits in a collective (rank 0's preparation included)."""
+    value = os.environ.get(TIMEOUT_ENV)
+    if not value:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InherituneError(f"{TIMEOUT_ENV} must be a number of seconds, got {value!r}") from None
+    if seconds <= 0:
+        raise InherituneError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {value!r}")
+    return seconds
 
-    ``RANK`` (torchrun, and Lightning once launched), else ``LOCAL_RANK`` with ``NODE_RANK`` / ``GROUP_RANK`` and
-    ``LOCAL_WORLD_SIZE`` (Lightning's subprocess launcher; it sets ``LOCAL_RANK`` before ``SLURM_PROCID``, which
-    SLURM sets even when it does not manage the processes), else ``SLURM_PROCID`` (srun), else
-    ``JSM_NAMESPACE_RANK`` (LSF), else 0: a process nobody launched is rank 0.
-    """
+
+def global_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This process's global rank: the process group's once one exists; before that (the one-process commands,
+    which never launch) what the launcher's environment says: ``RANK`` (torchrun), ``LOCAL_RANK`` with ``NODE_RANK``
+    and ``LOCAL_WORLD_SIZE`` (Lightning's launcher), ``SLURM_PROCID`` (srun), ``JSM_NAMESPACE_RANK`` (LSF), else 0."""
+    if environ is None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
     env = os.environ if environ is None else environ
     if env.get("RANK") is not None:
         return int(env["RANK"])
@@ -61,116 +79,147 @@ def is_rank_zero(environ: Mapping[str, str] | None = None) -> bool:
     return global_rank(environ) == 0
 
 
-def _started_together(env: Mapping[str, str]) -> bool:
-    """Every rank was started by an outside launcher at the same time (torchrun, srun), not by rank 0."""
-    if env.get("TORCHELASTIC_RUN_ID") is not None:
-        return True
-    return env.get("LOCAL_RANK") is None and env.get("SLURM_PROCID") is not None and int(env.get("SLURM_NTASKS", "1")) > 1
+def launcher_world() -> tuple[str, int] | None:
+    """(launcher, world size) when an outside launcher started this process, found the way Fabric finds its cluster
+    environment (torchrun first, then SLURM, LSF, MPI); None for a plain process or Lightning's own launcher."""
+    from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment, SLURMEnvironment,
+                                                       TorchElasticEnvironment)
 
-
-_launch: str | None = None
-
-
-def launch_id(environ: dict[str, str] | None = None) -> str:
-    """An id that every rank of this launch computes alike and no other launch has.
-
-    torchrun: its run id, master address/port and restart count (with the default run id ``none``, the agent's pid,
-    every worker's parent on a node); srun: the job and step id; Lightning's subprocess launcher: a fresh id that
-    rank 0 puts in ``INHERITUNE_LAUNCH_ID``, which the launcher copies to the ranks it starts. Another launcher can
-    set ``INHERITUNE_LAUNCH_ID`` on every rank itself.
-    """
-    global _launch
-    env = os.environ if environ is None else environ
-    if environ is None and _launch is not None:
-        return _launch
-    if env.get("TORCHELASTIC_RUN_ID") is not None:
-        run = env["TORCHELASTIC_RUN_ID"]
-        if run in ("", "none"):
-            run = f"agent{os.getppid()}@{socket.gethostname()}"
-        value = (f"torchrun-{run}-{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}"
-                 f"-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}")
-    elif _started_together(env):
-        value = f"slurm-{env.get('SLURM_JOB_ID')}.{env.get('SLURM_STEP_ID', '0')}"
-    elif env.get("RANK") is not None or env.get("LOCAL_RANK") is not None:
-        value = env.get(LAUNCH_ENV) or ""
-        if not value:
-            if not is_rank_zero(env):
-                raise InherituneError(
-                    f"this process is rank {global_rank(env)} but its launcher is not Lightning's, torchrun or srun; "
-                    f"set {LAUNCH_ENV} to one value shared by every rank of the launch"
-                )
-            value = uuid.uuid4().hex
-    else:  # rank 0 before Lightning's launcher starts the others
-        value = uuid.uuid4().hex
-    env[LAUNCH_ENV] = value  # type: ignore[index]
-    if environ is None:
-        _launch = value
-    return value
-
-
-def _timeout() -> float:
-    try:
-        return float(os.environ.get(TIMEOUT_ENV, "7200"))
-    except ValueError:
-        raise InherituneError(f"{TIMEOUT_ENV} must be a number of seconds, got {os.environ[TIMEOUT_ENV]!r}") from None
-
-
-def _write_record(path: Path, record: dict) -> None:
-    from litgpt_inheritune.checkpoint import write_json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, record)
-
-
-def _read_record(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # not there yet (a record is renamed into place whole)
-        return None
-
-
-def rank_zero_value(directory: Path, key: str, compute: Callable[[], Any], what: str | None = None) -> Any:
-    """Global rank 0 runs ``compute`` (the only place files are decided, deleted or written) and records its
-    JSON-able result in ``directory``; every other rank waits for that record of this launch and returns it.
-
-    An ``InherituneError`` on rank 0 reaches the others as the same one-line error (where they are waiting).
-    """
-    directory = Path(directory)
-    path = directory / RECORDS / f"{key}.json"
-    launch = launch_id()
-    if is_rank_zero():
+    for name, environment in (("torchrun", TorchElasticEnvironment), ("SLURM", SLURMEnvironment),
+                              ("LSF", LSFEnvironment), ("MPI", MPIEnvironment)):
         try:
-            value = compute()
+            detected = environment.detect()
+        except Exception:  # an environment that cannot even look (e.g. MPI without mpi4py) is not this one
+            continue
+        if detected:
+            try:
+                return name, int(environment().world_size())
+            except Exception as exc:  # e.g. SLURM's --ntasks without --ntasks-per-node
+                raise InherituneError(f"{name}: {' '.join(str(exc).split())}") from None
+    return None
+
+
+def requested_devices(devices: int | str) -> int:
+    from litgpt.utils import parse_devices
+
+    try:
+        return parse_devices(devices)
+    except Exception as exc:  # LitGPT's parser rejects e.g. a device list string
+        raise InherituneError(f"--devices {devices!r}: {exc}") from None
+
+
+def check_world(devices: int | str, num_nodes: int) -> int:
+    """The world this command asks for (``--devices x --num_nodes``), checked against the processes an outside
+    launcher started; a mismatch is one line before any work. Returns the devices per node."""
+    if not isinstance(num_nodes, int) or num_nodes < 1:
+        raise InherituneError(f"--num_nodes must be a positive number, got {num_nodes!r}")
+    per_node = requested_devices(devices)
+    found = launcher_world()
+    if found is not None and found[1] != per_node * num_nodes:
+        launcher, world = found
+        hint = (f"--devices {world // num_nodes} --num_nodes {num_nodes}" if world % num_nodes == 0
+                else f"--devices and --num_nodes whose product is {world}")
+        raise InherituneError(
+            f"{launcher} started {world} processes but --devices {devices} x --num_nodes {num_nodes} asks for "
+            f"{per_node * num_nodes}; pass {hint}, or launch {per_node * num_nodes} processes"
+        )
+    return per_node
+
+
+def launch(devices: int | str, num_nodes: int, strategy: str, precision: str | None, loggers: list | None = None):
+    """Checks the world, builds the Fabric as LitGPT's ``pretrain.setup`` does (strategy from ``--strategy``,
+    precision, loggers) and launches it. Under Lightning's own launcher, rank 0 starts ranks 1..N here (they run
+    the command line again, up to this point). Returns the launched Fabric."""
+    import lightning as L
+    import torch
+
+    from litgpt_inheritune import strategy as strategies
+
+    per_node = check_world(devices, num_nodes)
+    resolved = strategies.resolve(strategy, per_node, num_nodes)
+    fabric = L.Fabric(devices=per_node, num_nodes=num_nodes, precision=precision, loggers=loggers,
+                      strategy=strategies.fabric_strategy(resolved, timeout_s()))
+    if torch.cuda.is_available() and per_node > 1:
+        from litgpt.utils import check_nvlink_connectivity
+
+        check_nvlink_connectivity(fabric)
+    try:
+        fabric.launch()
+    except ValueError as exc:  # Lightning's own check of a cluster environment against the flags
+        raise InherituneError(" ".join(str(exc).split())) from None
+    return fabric
+
+
+def peer_failure(exc: BaseException) -> bool:
+    """The error of a collective whose peers are gone (killed, or ended by an error) or never answered."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(s in text for s in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo", "Gloo", "NCCL",
+        "Timed out", "timed out", "Socket Timeout", "Connection refused"))
+
+
+def _timed_out(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
+
+
+def peers_lost(fabric, exc: BaseException, waiting_for: str | None = None) -> InherituneError:
+    """The one line a rank ends with when a collective failed: a timeout while rank 0 prepares names the knob."""
+    rank = fabric.global_rank
+    if waiting_for is not None and _timed_out(exc):
+        return InherituneError(
+            f"rank {rank} waited {timeout_s():.0f} s for rank 0 to finish {waiting_for}; see rank 0's output, or set "
+            f"{TIMEOUT_ENV} to a longer time in seconds"
+        )
+    return InherituneError(f"rank {rank} lost its peers (another rank ended or was killed; see its output)")
+
+
+@contextmanager
+def one_line_peer_errors(fabric) -> Iterator[None]:
+    """While open, a failed collective on a multi-process run ends this rank with one line instead of a traceback."""
+    try:
+        yield
+    except InherituneError:
+        raise
+    except Exception as exc:
+        if fabric.world_size > 1 and peer_failure(exc):
+            raise peers_lost(fabric, exc) from None
+        raise
+
+
+def agree(fabric, compute: Callable[[], Any], what: str) -> Any:
+    """Global rank 0 runs ``compute`` (the only place files are decided, deleted or written); every rank returns its
+    result, broadcast through the process group. An ``InherituneError`` on rank 0 ends every rank with its line
+    (``rank 0 stopped: ...`` on the others); any other error on rank 0 is raised there after telling the others."""
+    if fabric.world_size == 1:
+        return compute()
+    message = None
+    if fabric.global_rank == 0:
+        try:
+            message = {"value": compute()}
         except InherituneError as exc:
-            if _started_together(os.environ):  # the other ranks are already waiting: tell them
-                try:
-                    _write_record(path, {"launch": launch, "error": str(exc)})
-                except OSError:
-                    pass
+            message = {"error": str(exc)}
+        except BaseException as exc:
+            _broadcast(fabric, {"error": f"rank 0 failed while {what} ({type(exc).__name__}: {exc}); see its output"},
+                       what)
             raise
-        _write_record(Path(directory) / RECORDS / f"{key}.json", {"launch": launch, "value": value})
-        return value
-    return wait_for_rank_zero(path, launch, what or key)
+    message = _broadcast(fabric, message, what)
+    if "error" in message:
+        raise InherituneError(message["error"] if fabric.global_rank == 0 else f"rank 0 stopped: {message['error']}")
+    return message["value"]
 
 
-def wait_for_rank_zero(path: Path, launch: str, what: str) -> Any:
-    timeout = _timeout()
-    parent = os.getppid()
-    deadline = time.monotonic() + timeout
-    while True:
-        record = _read_record(path)
-        if record is not None and record.get("launch") == launch:
-            if "error" in record:
-                raise InherituneError(f"rank 0 stopped: {record['error']}")
-            return record["value"]
-        if os.getppid() != parent:  # Lightning's launcher: rank 0 is our parent, and it is gone
-            raise InherituneError(f"rank 0 exited before it finished {what}; see its output")
-        if time.monotonic() > deadline:
-            raise InherituneError(
-                f"rank {global_rank()} waited {timeout:.0f} s for rank 0 to finish {what} ({str(path)!r}); see rank 0's "
-                f"output, or set {TIMEOUT_ENV} to wait longer"
-            )
-        time.sleep(_POLL_S)
+def _broadcast(fabric, message: Any, what: str) -> Any:
+    try:
+        return fabric.broadcast(message, src=0)
+    except Exception as exc:
+        if peer_failure(exc):
+            raise peers_lost(fabric, exc, waiting_for=what if fabric.global_rank else None) from None
+        raise
 
 
 def decide(
@@ -226,9 +275,7 @@ def remove_run(out_dir: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Writes ``text`` through a temporary name in the same directory (global rank 0 only; a no-op elsewhere)."""
-    if not is_rank_zero():
-        return
+    """Writes ``text`` through a temporary name in the same directory (by global rank 0, the one writer)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -242,3 +289,132 @@ def other_rank_skips(command: str) -> bool:
         return False
     print(f"rank {global_rank()}: `litgpt {command}` runs in one process; global rank 0 writes its output")
     return True
+
+
+CLAIM_SUFFIX = "inheritune-claim"
+
+
+def claim_path(out_dir: Path) -> Path:
+    """The claim of ``out_dir``: a hidden sibling (``.NAME.inheritune-claim``), so that removing or replacing the
+    run directory (``--overwrite``) never drops the claim of the run that does it."""
+    out_dir = Path(out_dir).absolute()
+    return out_dir.with_name(f".{out_dir.name}.{CLAIM_SUFFIX}")
+
+
+class Claim:
+    """Exclusive use of a run directory by one live run: an advisory kernel lock (``flock``) on ``claim_path``,
+    held by global rank 0 from before its decision about the directory until the command ends. The kernel releases
+    it when the process ends in any way (``kill -9`` too), so a killed run's claim is simply taken over; the file
+    names its holder (host, pid, start, command) for the message a second run gets. On a shared filesystem the lock
+    is the filesystem's (NFS maps it to its lock manager); where locks are not supported one writer is not enforced,
+    with a warning. Released (and its file removed) by ``release`` or the end of a ``with`` block."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = claim_path(self.out_dir)
+        self._fd: int | None = None
+
+    def take(self) -> "Claim":
+        import fcntl
+        import sys
+
+        from litgpt_inheritune.errors import disk_error
+
+        if self._fd is not None:
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self.out_dir, "creating") from None
+        for _ in range(10):  # the holder may remove the file between our open and our lock: take the new one
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise disk_error(exc, self.path) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_holder(fd)
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise InherituneError(
+                        f"{str(self.out_dir)!r} is in use by a live run ({holder}); two runs cannot write one "
+                        "out_dir: wait for it to end or stop it, or choose another --out_dir"
+                    ) from None
+                print(f"warning: cannot lock {str(self.path)!r} ({exc.strerror}); nothing stops a second run from "
+                      "writing this out_dir at the same time", file=sys.stderr)
+                return self
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:
+            raise InherituneError(f"could not claim {str(self.out_dir)!r}: its claim file keeps changing; retry")
+        earlier = _read_holder(fd, default="")
+        if earlier:  # a file left by a run that ended without releasing it (kill -9): its lock is gone
+            print(f"Taking over {str(self.out_dir)!r} from a run that ended without releasing it ({earlier})")
+        record = {"host": socket.gethostname(), "pid": os.getpid(),
+                  "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                  "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:3])}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still locked: a waiting run then locks a new file
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _read_holder(fd: int, default: str = "another process") -> str:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode() or "null")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return default
+    if not isinstance(record, dict):
+        return default
+    return (f"pid {record.get('pid')} on {record.get('host')}, started {record.get('started')}: "
+            f"{record.get('command', '?')}")
+
+
+def world_of_checkpoint(checkpoint_dir: Path) -> int | None:
+    """How many processes trained a step checkpoint of ``litgpt inheritune`` (its hyperparameters.yaml records the
+    devices per node and the nodes); None when it does not say."""
+    import yaml
+
+    try:
+        hp = yaml.safe_load((Path(checkpoint_dir) / "hyperparameters.yaml").read_text())
+        devices, nodes = hp.get("devices"), hp.get("num_nodes", 1)
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    if isinstance(devices, int) and isinstance(nodes, int) and devices > 0 and nodes > 0:
+        return devices * nodes
+    return None
+
+
+def check_same_world(checkpoint_dir: Path, world_size: int) -> None:
+    """A run is resumed by as many processes as trained it: LitGPT's loop counts its token budget, its learning-rate
+    schedule and each process's place in the data per process, so another world size would train another amount
+    (a 2-process run resumed by 1 process trained 25% more tokens than asked) on another schedule."""
+    before = world_of_checkpoint(checkpoint_dir)
+    if before is not None and before != world_size:
+        raise InherituneError(
+            f"{str(checkpoint_dir)!r} was trained by {before} processes and this launch has {world_size}; resume with "
+            f"--devices x --num_nodes = {before} (the token budget, learning-rate schedule and data order are per "
+            "process), or pass --overwrite true to start again"
+        )

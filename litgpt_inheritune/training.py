@@ -21,7 +21,7 @@ from typing import Any
 from litgpt.args import TrainArgs
 from litgpt.data import DataModule
 
-from litgpt_inheritune import checks, patches, rundir, speed, strategy
+from litgpt_inheritune import checks, patches, rundir, speed
 from litgpt_inheritune.data.mixture import DomainMixture, dbl_hooks, measure_reference_losses
 from litgpt_inheritune.errors import InherituneError
 
@@ -44,14 +44,6 @@ def plain_train_args(train: TrainArgs) -> TrainArgs:
 def run(**arguments: Any) -> Path:
     """Runs `litgpt inheritune` with the arguments of ``commands.inheritune.setup``; raises ``InherituneError`` on bad
     input. Returns the final checkpoint dir."""
-    import litgpt.pretrain as pretrain
-    from litgpt import Config
-
-    from litgpt_inheritune.checkpoint import (has_tokenizer, is_complete_checkpoint, newest_complete_checkpoint,
-                                              read_best, recover_best, safe_saves)
-    from litgpt_inheritune.child import build_child, plan_child
-    from litgpt_inheritune.inherit import reference_ties_embeddings
-
     a = _Args(arguments)
     out_dir = Path(a.out_dir)
     if a.data is None:
@@ -68,7 +60,7 @@ def run(**arguments: Any) -> Path:
             f"--optimizer.{extra[0]} there when a --config gives the optimizer); set it under optimizer.init_args "
             "in the YAML instead"
         )
-    speed_options = speed.parse(a.speed)
+    a.speed_options = speed.parse(a.speed)
     train: TrainArgs = a.train
     if train.epochs is not None and train.max_tokens is not None:
         raise InherituneError("give --train.epochs or --train.max_tokens, not both (set the other to null)")
@@ -81,11 +73,38 @@ def run(**arguments: Any) -> Path:
     resume = a.resume
     if isinstance(resume, Path) and not Path(resume).is_file():
         raise InherituneError(f"--resume {str(resume)!r} is not a checkpoint file; give a step-*/lit_model.pth")
-    resolved = strategy.resolve(a.strategy, a.devices, a.num_nodes)
+    from litgpt.utils import choose_logger, get_default_supported_precision
+
+    from litgpt_inheritune.checkpoint import load_reference_config
+
+    reference_name = load_reference_config(a.reference_dir).name
+    precision = a.precision or get_default_supported_precision(training=True)
+    initial = out_dir / INITIAL
+    logger = choose_logger(a.logger_name, out_dir, name=f"pretrain-{reference_name}", resume=bool(resume),
+                           log_interval=train.log_interval, log_args=asdict(a.log))
+    with checks.text_cache_for(out_dir, a.num_nodes):
+        # as LitGPT's pretrain.setup: build the Fabric and launch it; rank 0 then works, the others wait for it
+        fabric = rundir.launch(a.devices, a.num_nodes, a.strategy, precision, loggers=[logger])
+        with rundir.Claim(out_dir) as claim, rundir.one_line_peer_errors(fabric):
+            return _train(fabric, claim, a, arguments, resume, precision)
+
+
+def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -> Path:
+    """`litgpt inheritune` on a launched Fabric: rank 0 prepares the run, every rank trains it with LitGPT's main."""
+    import litgpt.pretrain as pretrain
+    from litgpt import Config, Tokenizer
+
+    from litgpt_inheritune.checkpoint import (has_tokenizer, is_complete_checkpoint, newest_complete_checkpoint,
+                                              read_best, recover_best, safe_saves)
+    from litgpt_inheritune.child import build_child, plan_child
+    from litgpt_inheritune.inherit import reference_ties_embeddings
+
+    out_dir, train = Path(a.out_dir), a.train
     initial = out_dir / INITIAL
 
     def start() -> dict:
-        """Global rank 0 alone: decide what out_dir holds, build the child, count the budget (see rundir)."""
+        """Global rank 0 alone: claim out_dir, decide what it holds, build the child, count the budget (rundir)."""
+        claim.take()
         finished = (out_dir / "final" / "lit_model.pth").is_file()
         started = initial.is_dir() or any(out_dir.glob("step-*/lit_model.pth"))
         decision = rundir.decide(out_dir, started, finished, resume, a.overwrite)
@@ -104,8 +123,6 @@ def run(**arguments: Any) -> Path:
             raise InherituneError(f"{str(a.reference_dir)!r} has no tokenizer; pass --tokenizer_dir")
         checks.check_out_dir(out_dir, a.reference_dir, 0 if decision == "resume" else checks.child_bytes(plan))
         max_seq_length = train.max_seq_length or plan.config.block_size
-        from litgpt import Tokenizer
-
         # prepared before out_dir is touched: bad data leaves no half-started run behind
         a.data.connect(tokenizer=Tokenizer(a.tokenizer_dir or a.reference_dir), batch_size=train.micro_batch_size,
                        max_seq_length=max_seq_length)
@@ -132,13 +149,13 @@ def run(**arguments: Any) -> Path:
                 print(f"warning: skipping incomplete checkpoint(s) {', '.join(str(p) for p in skipped)}; resuming "
                       f"from {str(newest or initial)!r}")
             resume_from = None if newest is None else str(newest)
+        if resume_from is not None:  # the same world size as the run being resumed
+            rundir.check_same_world(Path(resume_from).parent, fabric.world_size)
         has_step = resume_from is not None
         reference_losses = None
         if isinstance(a.data, DomainMixture) and a.data.dynamic and a.data.reference_losses is None and not has_step:
             # Dynamic batch loading aims each domain at the reference's own loss there (a resumed run reads them
             # back from its checkpoint instead).
-            from litgpt import Tokenizer
-
             a.data.connect(Tokenizer(initial), batch_size=train.micro_batch_size, max_seq_length=max_seq_length)
             reference_losses = measure_reference_losses(a.reference_dir, a.data, a.eval.max_iters, max_seq_length)
             print("Reference losses per domain: " + ", ".join(f"{k} {v:.3f}" for k, v in reference_losses.items()))
@@ -150,27 +167,24 @@ def run(**arguments: Any) -> Path:
             recover_best(out_dir)
             best = read_best(out_dir)
         return {"decision": decision, "per_epoch": per_epoch, "resume_from": resume_from, "tie": bool(tie),
-                "reference_losses": reference_losses, "best": best}
+                "reference_losses": reference_losses, "best": best, "text": checks.prepared_text(a.data)}
 
-    prepared = rundir.rank_zero_value(out_dir, "inheritune", start, what="preparing the run")
+    prepared = rundir.agree(fabric, start, what="preparing the run")
     child = Config.from_file(initial / "model_config.yaml")
-    if not rundir.is_rank_zero():  # rank 0 prepared the text in the cache: the others point at the same place
-        from litgpt import Tokenizer
-
-        a.data.connect(tokenizer=Tokenizer(a.tokenizer_dir or a.reference_dir), batch_size=train.micro_batch_size,
-                       max_seq_length=train.max_seq_length or child.block_size)
-        checks.locate_text_cache(a.data)
+    if fabric.global_rank != 0:  # rank 0 prepared the text: every rank reads that one preparation
+        checks.use_prepared_text(a.data, prepared["text"], fabric.global_rank)
     if prepared["reference_losses"] is not None:
         a.data.reference_losses = prepared["reference_losses"]
     resume_from = None if prepared["resume_from"] is None else Path(prepared["resume_from"])
     max_tokens = train.max_tokens
     if train.epochs is not None:
         max_tokens = train.epochs * prepared["per_epoch"]
-        print(f"{train.epochs} epochs of {prepared['per_epoch']:,} tokens: --train.max_tokens {max_tokens:,}")
+        fabric.print(f"{train.epochs} epochs of {prepared['per_epoch']:,} tokens: --train.max_tokens {max_tokens:,}")
     pretrain_train = plain_train_args(replace(train, epochs=None, max_tokens=max_tokens, tie_embeddings=prepared["tie"]))
     keep_best = bool(getattr(train, "keep_best", True))
 
-    hyperparameters = hyperparameters_dict(arguments)
+    # what this run is: the devices per node it really has (a resume checks it), not "auto"
+    hyperparameters = hyperparameters_dict({**arguments, "devices": fabric.world_size // a.num_nodes})
     from_initial = resume_from is None  # resuming before the first checkpoint restarts from initial
     with ExitStack() as stack:
         stack.enter_context(
@@ -183,28 +197,27 @@ def run(**arguments: Any) -> Path:
         stack.enter_context(dbl_hooks(pretrain, out_dir))  # per-domain validation of a DomainMixture
         stack.enter_context(evaluation_hooks(pretrain, out_dir, keep_best, prepared["best"], initial,
                                              pretrain_train.micro_batch_size, hyperparameters))
-        stack.enter_context(speed.apply(speed_options))
-        stack.enter_context(strategy.use_strategy(pretrain, resolved))
+        stack.enter_context(speed.apply(a.speed_options))
         stack.enter_context(safe_saves(pretrain))
-        stack.enter_context(patches.patched("pretrain.pprint", _OneLineSummary(out_dir)))
         stack.enter_context(seeded_train_order(a.data, a.seed))
-        pretrain.setup(
-            model_name=child.name,
-            model_config=child,
-            out_dir=out_dir,
-            precision=a.precision,
+        fabric.print(summary(child, pretrain_train, fabric.world_size, precision, resume_from, out_dir))
+        if a.logger_name in ("tensorboard", "wandb", "mlflow"):  # as LitGPT's pretrain.setup
+            fabric.logger.log_hyperparams(hyperparameters)
+        pretrain.main(
+            fabric=fabric,
+            devices=fabric.world_size // a.num_nodes,
+            num_nodes=a.num_nodes,
+            seed=a.seed,
             initial_checkpoint_dir=initial if from_initial else None,
             resume=False if from_initial else resume_from,
+            config=child,
             data=a.data,
+            out_dir=out_dir,
+            tokenizer_dir=initial,  # the child's own config.json and tokenizer travel into every checkpoint
+            tokenizer=Tokenizer(initial),
             train=pretrain_train,
             eval=a.eval,
-            log=a.log,
             optimizer=copy.deepcopy(a.optimizer),  # LitGPT adds keys to the dict it is given
-            devices=a.devices,
-            num_nodes=a.num_nodes,
-            tokenizer_dir=initial,  # the child's own config.json and tokenizer travel into every checkpoint
-            logger_name=a.logger_name,
-            seed=a.seed,
         )
     return out_dir / "final"
 
@@ -288,23 +301,12 @@ def evaluation_hooks(pretrain_module, out_dir: Path, keep_best: bool, recorded: 
         yield
 
 
-class _OneLineSummary:
-    """Stands in for the ``pprint`` module inside ``litgpt.pretrain``, which prints every argument at the start of a
-    run (about 100 lines): one line, and where the whole set is written."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = out_dir
-
-    def pformat(self, hparams: dict, *args, **kwargs) -> str:
-        config = hparams.get("model_config") if isinstance(hparams.get("model_config"), dict) else {}
-        train = hparams.get("train") if isinstance(hparams.get("train"), dict) else {}
-        tokens = train.get("max_tokens")
-        parts = [f"{config.get('name', '?')} child, {config.get('n_layer', '?')} blocks",
-                 f"{tokens:,} tokens" if isinstance(tokens, int) else "",
-                 f"devices {hparams.get('devices')}", f"precision {hparams.get('precision')}",
-                 f"resume {hparams.get('resume')}"]
-        return ("Training the " + ", ".join(p for p in parts if p)
-                + f"; every argument: {self.out_dir}/final/hyperparameters.yaml (and in each step-* checkpoint)")
+def summary(child, train: TrainArgs, world_size: int, precision: str, resume_from, out_dir: Path) -> str:
+    """One line at the start of training (LitGPT's setup prints every argument, about 100 lines)."""
+    return (f"Training the {child.name} child, {child.n_layer} blocks, {train.max_tokens:,} tokens, "
+            f"{world_size} process{'es' if world_size > 1 else ''}, precision {precision}"
+            + (f", resuming from {resume_from}" if resume_from else "")
+            + f"; every argument: {out_dir}/final/hyperparameters.yaml (and in each step-* checkpoint)")
 
 
 class _Args:

@@ -1,10 +1,8 @@
-"""The run-directory rules at unit level: ranks and launch ids from simulated launcher environments (Lightning's
-subprocess launcher, torchrun, SLURM), the record hand-over between ranks, refuse / resume / overwrite, strategies."""
+"""The run-directory rules at unit level: ranks and worlds from simulated launcher environments (Lightning's
+subprocess launcher, torchrun, SLURM), one live run per out_dir, refuse / resume / overwrite, strategies. The same
+rules with real processes: tests/test_multiprocess.py."""
 
-import json
 import os
-import threading
-import time
 from unittest import mock
 
 import pytest
@@ -28,69 +26,104 @@ def test_global_rank_from_the_launchers_environment(env, rank):
     assert rundir.is_rank_zero(env) == (rank == 0)
 
 
-def test_launch_ids_agree_within_a_launch_and_differ_between_launches():
-    # srun: every task of one job step computes the same id, without talking to each other.
-    slurm = [{"SLURM_PROCID": str(r), "SLURM_NTASKS": "2", "SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0"} for r in (0, 1)]
-    ids = {rundir.launch_id(env) for env in slurm}
-    assert len(ids) == 1 and ids.pop().startswith("slurm-77.0")
-    assert rundir.launch_id({**slurm[0], "SLURM_STEP_ID": "1"}) != rundir.launch_id(dict(slurm[0]))
-    # torchrun with its default run id: the agent (every worker's parent), address, port and restart count.
-    torchrun = [{"RANK": str(r), "LOCAL_RANK": str(r), "TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": "29500", "TORCHELASTIC_RESTART_COUNT": "0"} for r in (0, 1)]
-    assert rundir.launch_id(dict(torchrun[0])) == rundir.launch_id(dict(torchrun[1]))
-    assert rundir.launch_id({**torchrun[0], "TORCHELASTIC_RESTART_COUNT": "1"}) != rundir.launch_id(dict(torchrun[0]))
-    # Lightning's launcher: rank 0 makes a fresh id and leaves it in the environment its ranks are started with.
-    first, second = {}, {}
-    a, b = rundir.launch_id(first), rundir.launch_id(second)
-    assert a != b and first[rundir.LAUNCH_ENV] == a
-    assert rundir.launch_id({"LOCAL_RANK": "1", rundir.LAUNCH_ENV: a}) == a
-    # a rank nobody can place in a launch is refused in one line
-    with pytest.raises(InherituneError, match=rundir.LAUNCH_ENV):
-        rundir.launch_id({"RANK": "1"})
+@pytest.mark.parametrize("env, world", [
+    ({}, None),  # a plain process, or Lightning's own launcher (it starts the others itself)
+    ({"TORCHELASTIC_RUN_ID": "none", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+      "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}, ("torchrun", 2)),
+    ({"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+      "SLURM_NODEID": "0", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_ID": "7"}, ("SLURM", 4)),
+    ({"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "bash"}, None),  # an interactive allocation: Lightning launches
+])
+def test_the_launchers_world_is_read_as_fabric_reads_it(env, world):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC", "LSB_", "JSM_"))}
+    with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
+        assert rundir.launcher_world() == world
 
 
-def test_other_ranks_wait_for_rank_zeros_record_of_this_launch(tmp_path):
-    computed = []
-
-    def compute():
-        computed.append(1)
-        return {"answer": 42}
-
-    launch = rundir.launch_id()
-    # A record of an earlier launch is never taken; rank 0's record of this one is, and compute runs on rank 0 only.
-    rundir._write_record(tmp_path / rundir.RECORDS / "step.json", {"launch": "earlier", "value": {"answer": 0}})
-    got = {}
-    with mock.patch.dict(os.environ, {"LOCAL_RANK": "1", "INHERITUNE_RANK_TIMEOUT": "30"}):
-        waiter = threading.Thread(target=lambda: got.update(v=rundir.rank_zero_value(tmp_path, "step", compute)))
-        waiter.start()
-        time.sleep(0.5)
-        assert waiter.is_alive() and not computed
-    assert rundir.rank_zero_value(tmp_path, "step", compute) == {"answer": 42}  # rank 0 (no rank variables)
-    waiter.join(10)
-    assert got["v"] == {"answer": 42} and computed == [1]
-    assert json.loads((tmp_path / rundir.RECORDS / "step.json").read_text())["launch"] == launch
-
-    # A rank that waits too long says so in one line, naming what it waited for.
-    with mock.patch.dict(os.environ, {"LOCAL_RANK": "1", "INHERITUNE_RANK_TIMEOUT": "0.3"}):
-        with pytest.raises(InherituneError, match="waited 0 s for rank 0 to finish the budget"):
-            rundir.rank_zero_value(tmp_path, "other", compute, what="the budget")
+def test_a_world_that_differs_from_the_request_is_one_line():
+    torchrun = {"TORCHELASTIC_RUN_ID": "none", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    with mock.patch.dict(os.environ, torchrun):
+        assert rundir.check_world(2, 1) == 2
+        # torchrun --nproc_per_node 2 without --devices 2 would train two independent runs into one out_dir
+        with pytest.raises(InherituneError, match=r"torchrun started 2 processes but --devices 1 x --num_nodes 1 "
+                                                  r"asks for 1; pass --devices 2 --num_nodes 1"):
+            rundir.check_world(1, 1)
+        with pytest.raises(InherituneError, match="asks for 4"):
+            rundir.check_world(2, 2)
+    with pytest.raises(InherituneError, match="--num_nodes must be a positive"):
+        rundir.check_world(1, 0)
+    assert rundir.check_world(1, 1) == 1  # no launcher: the request is the world
 
 
-def test_rank_zeros_error_reaches_ranks_started_together(tmp_path):
-    def refuse():
-        raise InherituneError("out_dir holds a finished run")
+def test_agree_on_one_process_is_the_computation_itself():
+    class One:
+        world_size, global_rank = 1, 0
 
-    srun = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "5", "SLURM_STEP_ID": "0"}
-    with mock.patch.dict(os.environ, srun), mock.patch.object(rundir, "_launch", None):
-        with pytest.raises(InherituneError, match="finished run"):
-            rundir.rank_zero_value(tmp_path, "start", refuse)
-    with mock.patch.dict(os.environ, {**srun, "SLURM_PROCID": "1"}), mock.patch.object(rundir, "_launch", None):
-        with pytest.raises(InherituneError, match="rank 0 stopped: out_dir holds a finished run"):
-            rundir.rank_zero_value(tmp_path, "start", refuse)
-    # Lightning's launcher starts the other ranks only later: a refusal leaves nothing behind
-    with mock.patch.object(rundir, "_launch", None), pytest.raises(InherituneError):
-        rundir.rank_zero_value(tmp_path / "fresh", "start", refuse)
-    assert not (tmp_path / "fresh").exists()
+    assert rundir.agree(One(), lambda: {"answer": 42}, "testing") == {"answer": 42}
+    with pytest.raises(InherituneError, match="^refused$"):
+        rundir.agree(One(), lambda: (_ for _ in ()).throw(InherituneError("refused")), "testing")
+
+
+def test_peer_failures_become_one_line():
+    class Rank:
+        world_size, global_rank = 2, 1
+
+    lost = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1")
+    assert rundir.peer_failure(lost) and not rundir.peer_failure(RuntimeError("shape mismatch"))
+    assert str(rundir.peers_lost(Rank(), lost)) == "rank 1 lost its peers (another rank ended or was killed; see its output)"
+    timeout = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms")
+    message = str(rundir.peers_lost(Rank(), timeout, waiting_for="preparing the run"))
+    assert "rank 1 waited" in message and "preparing the run" in message and rundir.TIMEOUT_ENV in message
+    with pytest.raises(InherituneError, match="lost its peers"):
+        with rundir.one_line_peer_errors(Rank()):
+            raise lost
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug stays a traceback
+        with rundir.one_line_peer_errors(Rank()):
+            raise RuntimeError("shape mismatch")
+
+
+def test_one_live_run_per_out_dir(tmp_path):
+    """The claim is a kernel lock: a second claim of a live run dir is refused in one line naming the holder, even in
+    the same process; a process killed with kill -9 leaves its file but not its lock, and the next run takes over."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    with rundir.Claim(out).take():
+        with pytest.raises(InherituneError, match=r"'.*run' is in use by a live run \(pid \d+ on .*\); two runs cannot"):
+            rundir.Claim(out).take()
+        assert rundir.claim_path(out).is_file() and not out.exists()  # beside out_dir, which it does not create
+    assert not rundir.claim_path(out).exists()  # released and removed
+    rundir.Claim(out).take().release()
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from litgpt_inheritune import rundir; "
+         "rundir.Claim(sys.argv[1]).take(); print('held', flush=True); time.sleep(600)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InherituneError, match=f"pid {holder.pid} on"):
+            rundir.Claim(out).take()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs
+        holder.wait()
+    assert rundir.claim_path(out).is_file()  # left behind, unlocked
+    claim = rundir.Claim(out).take()  # taken over
+    assert str(os.getpid()) in rundir.claim_path(out).read_text()
+    claim.release()
+
+
+def test_a_resume_needs_the_world_that_trained_the_run(tmp_path):
+    step = tmp_path / "step-00000004"
+    step.mkdir()
+    (step / "hyperparameters.yaml").write_text("devices: 2\nnum_nodes: 1\n")
+    rundir.check_same_world(step, 2)
+    with pytest.raises(InherituneError, match="trained by 2 processes and this launch has 1; resume with "
+                                              "--devices x --num_nodes = 2"):
+        rundir.check_same_world(step, 1)
+    (step / "hyperparameters.yaml").write_text("devices: auto\nnum_nodes: 1\n")  # an older run: not recorded
+    rundir.check_same_world(step, 1)
 
 
 def test_refuse_resume_overwrite_mean_the_same_everywhere(tmp_path):
@@ -133,19 +166,6 @@ def test_strategy_choice_before_any_work():
         assert strategy.resolve("ddp", 8, 1) == "ddp"
     with pytest.raises(InherituneError, match="auto, ddp or fsdp"):
         strategy.resolve("deepspeed", 2, 1)
-
-
-def test_the_ddp_stand_in_keeps_litgpts_non_fsdp_init_path():
-    import litgpt.pretrain as pretrain
-    from lightning.fabric.strategies import DDPStrategy, FSDPStrategy
-
-    with strategy.use_strategy(pretrain, "ddp"):
-        built = pretrain.FSDPStrategy(auto_wrap_policy=set(), state_dict_type="full", sharding_strategy="HYBRID_SHARD")
-        assert isinstance(built, DDPStrategy)
-        assert not isinstance(built, pretrain.FSDPStrategy)  # LitGPT then resets parameters itself, as for one device
-    assert pretrain.FSDPStrategy is FSDPStrategy
-    with strategy.use_strategy(pretrain, "fsdp"):
-        assert pretrain.FSDPStrategy is FSDPStrategy
 
 
 def test_one_process_commands_do_nothing_on_other_ranks(tmp_path, tiny_reference, capsys):

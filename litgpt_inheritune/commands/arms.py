@@ -9,6 +9,7 @@ from typing import Literal
 from litgpt.args import EvalArgs, LogArgs, TrainArgs
 from litgpt.data import DataModule
 
+from litgpt_inheritune.rundir import is_rank_zero
 from litgpt_inheritune.errors import InherituneError, one_line_errors
 from litgpt_inheritune.experiments.arms import arms_table, run_arms
 
@@ -99,4 +100,5 @@ def setup(
     if arguments["n_layers"] is None:
         raise InherituneError("--n_layers is required: the depth of every arm's child")
     rows = run_arms(**arguments)
-    print(arms_table(rows))
+    if is_rank_zero():  # printed once
+        print(arms_table(rows))

@@ -10,6 +10,7 @@ from litgpt.args import EvalArgs, LogArgs, TrainArgs
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
+from litgpt_inheritune.rundir import is_rank_zero
 from litgpt_inheritune.errors import one_line_errors
 from litgpt_inheritune.experiments.grow import grow
 
@@ -87,6 +88,6 @@ def setup(
     arguments = dict(locals())
     rows = grow(**arguments)
     last = rows[-1] if rows else None
-    if last is not None:
+    if last is not None and is_rank_zero():  # printed once
         verdict = "matches" if last["matched"] else "does not match"
         print(f"The {last['n_layers']}-block child {verdict} the target ({last['val_loss']:.4f} vs {last['target_loss']:.4f})")

@@ -8,6 +8,7 @@ from typing import Literal
 from litgpt.args import EvalArgs, TrainArgs
 from litgpt.data import DataModule
 
+from litgpt_inheritune.rundir import is_rank_zero
 from litgpt_inheritune.errors import one_line_errors
 from litgpt_inheritune.pruning.training import prune
 
@@ -85,5 +86,6 @@ def setup(
                   eval=eval, lagrangian_warmup_steps=lagrangian_warmup_steps, lr=lr, mask_lr=mask_lr,
                   lambda_lr=lambda_lr, weight_decay=weight_decay, precision=precision, devices=devices,
                   num_nodes=num_nodes, seed=seed, resume=resume, overwrite=overwrite, strategy=strategy)
-    print(f"Wrote the pruned child to {str(final)!r}")
+    if is_rank_zero():  # printed once
+        print(f"Wrote the pruned child to {str(final)!r}")
 

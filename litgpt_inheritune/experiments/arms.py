@@ -363,130 +363,133 @@ def run_arms(
         lr = candidates[0]
         rule = f"one lr for every arm, {'optimizer default' if lr is None else f'{lr:g}'} (no sweep)"
 
-    def start() -> dict:
-        """Global rank 0 alone: decide what out_dir holds (rundir's rules); the rows of earlier calls; the shared
-        budget in tokens, counted once, before any arm starts processes."""
-        check_out_dir(out_dir, reference_dir)
-        started = (out_dir / "arms.json").is_file() or any((out_dir / arm).is_dir() for arm in ARMS)
-        decision = rundir.decide(out_dir, started, False, resume, overwrite, what="comparison of arms")
-        max_tokens = train.max_tokens
-        if train.epochs is not None and train.max_tokens is None:
-            max_tokens = train.epochs * tokens_per_epoch(data, reference_dir, train.micro_batch_size, max_seq_length)
-        if decision == "overwrite":
-            rundir.remove_run(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        earlier = json.loads((out_dir / "arms.json").read_text()) if (out_dir / "arms.json").is_file() else []
-        return {"earlier": earlier, "max_tokens": max_tokens}
+    # launched first, as every training command: the arms train on this launch's processes
+    fabric = rundir.launch(devices, num_nodes, strategy, precision)
+    with rundir.Claim(out_dir) as claim, rundir.one_line_peer_errors(fabric):
+        def start() -> dict:
+            """Global rank 0 alone: claim out_dir, decide what it holds (rundir's rules); the rows of earlier calls; the
+            shared budget in tokens, counted once."""
+            claim.take()
+            check_out_dir(out_dir, reference_dir)
+            started = (out_dir / "arms.json").is_file() or any((out_dir / arm).is_dir() for arm in ARMS)
+            decision = rundir.decide(out_dir, started, False, resume, overwrite, what="comparison of arms")
+            max_tokens = train.max_tokens
+            if train.epochs is not None and train.max_tokens is None:
+                max_tokens = train.epochs * tokens_per_epoch(data, reference_dir, train.micro_batch_size, max_seq_length)
+            if decision == "overwrite":
+                rundir.remove_run(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            earlier = json.loads((out_dir / "arms.json").read_text()) if (out_dir / "arms.json").is_file() else []
+            return {"earlier": earlier, "max_tokens": max_tokens}
 
-    prepared = rundir.rank_zero_value(out_dir, "arms", start, what="preparing the arms")
-    earlier = prepared["earlier"]
-    if train.epochs is not None and train.max_tokens is None:  # every arm gets the same budget, in tokens
-        print(f"{train.epochs} epochs: --train.max_tokens {prepared['max_tokens']:,} for every arm")
-        train = replace(train, epochs=None, max_tokens=prepared["max_tokens"])
+        prepared = rundir.agree(fabric, start, what="preparing the arms")
+        earlier = prepared["earlier"]
+        if train.epochs is not None and train.max_tokens is None:  # every arm gets the same budget, in tokens
+            fabric.print(f"{train.epochs} epochs: --train.max_tokens {prepared['max_tokens']:,} for every arm")
+            train = replace(train, epochs=None, max_tokens=prepared["max_tokens"])
 
-    def measured(run_dir: Path, arm: str, seed: int, lr: float | None, budget: int) -> dict:
-        """Global rank 0 alone: one run's losses (reused from ``measured.json`` while its checkpoints and the
-        measuring settings stay the same)."""
-        best_dir = run_dir / "best" if (run_dir / "best" / "lit_model.pth").is_file() else run_dir / "final"
-        key = {"final": (run_dir / "final" / "lit_model.pth").stat().st_mtime_ns,
-               "best": (best_dir / "lit_model.pth").stat().st_mtime_ns, "eval_max_iters": eval.max_iters,
-               "micro_batch_size": train.micro_batch_size, "max_seq_length": max_seq_length,
-               "val_data": str(getattr(data, "val_data_path", None)),
-               "test_data": None if test_data is None else str(test_data)}
-        cache = run_dir / "measured.json"
-        if cache.is_file():
-            stored = json.loads(cache.read_text())
-            if stored.get("key") == key:
-                return {**stored["row"], "arm": arm, "seed": seed, "lr": lr}
-        start_loss = val_loss(run_dir / "initial", data, max_seq_length, train.micro_batch_size, eval.max_iters)
-        final_loss = val_loss(run_dir / "final", data, max_seq_length, train.micro_batch_size, eval.max_iters)
-        curve = val_curve(run_dir)
-        per_iter = tokens_per_iter(run_dir, train.micro_batch_size * max_seq_length)
-        if (run_dir / "best" / "best.json").is_file():
-            best = json.loads((run_dir / "best" / "best.json").read_text())
-            best_loss, best_step, best_from = float(best["val_loss"]), best.get("step"), "best/best.json"
-        elif curve:
-            (best_step, best_loss), best_from = min(curve, key=lambda p: p[1]), "lowest evaluation in the log"
-        else:
-            best_loss, best_step, best_from = final_loss, None, "final checkpoint (no evaluations logged)"
-        test = None
-        if test_data is not None:  # the same fixed, unshuffled windows as validation, of the held-out text
-            test = test_loss(best_dir, Path(test_data), max_seq_length=max_seq_length,
-                             batch_size=train.micro_batch_size, max_iters=eval.max_iters)
-        state = torch.load(run_dir / "final" / "lit_model.pth", mmap=True, weights_only=False, map_location="cpu")
-        iters = state.get("iter_num") if isinstance(state, dict) else None
-        row = {"arm": arm, "seed": seed, "lr": lr, "run_dir": str(run_dir.relative_to(out_dir)), "tokens": budget,
-               "iters": iters, "tokens_seen": None if iters is None else iters * per_iter,
-               "layers": json.loads((run_dir / "initial" / "inheritune.json").read_text())["layers"],
-               "start_loss": start_loss, "final_loss": final_loss, "best_loss": best_loss, "best_step": best_step,
-               "best_from": best_from, "test_loss": test, "test_from": None if test_data is None else best_dir.name,
-               "curve": curve, "token_curve": [(0, start_loss)] + [((s + 1) * per_iter, l) for s, l in curve]}
-        write_json(cache, {"key": key, "row": row})
-        return row
-
-    def arm_run(arm: str, seed: int, lr: float | None) -> dict:
-        """Trains one arm with one seed and lr unless its run is finished; returns rank 0's measurements."""
-        spec = ARMS[arm]
-        run_dir = run_dir_of(out_dir, arm, seed, lr, seeds_given, lrs_given)
-        budget = train.max_tokens * spec.get("budget", 1)
-        name = f"arm-{arm}" + (f"-lr{lr:g}" if lrs_given else "") + (f"-seed{seed}" if seeds_given or lrs_given else "")
-        kwargs = dict(reference_dir=reference_dir, n_layers=n_layers, layers=None, parts=spec.get("parts"),
-                      out_dir=run_dir, precision=precision, resume="auto", data=data,
-                      train=replace(train, max_tokens=budget), eval=eval, log=log or LogArgs(),
-                      optimizer=with_lr(optimizer, lr) if lrs_given else optimizer, devices=devices,
-                      num_nodes=num_nodes, tokenizer_dir=None, logger_name="csv", seed=seed, compile=compile,
-                      overwrite=False, select=spec.get("select", "first"), analysis=analysis, strategy=strategy)
-        trained = rundir.rank_zero_value(out_dir, f"{name}-trained", (run_dir / "final" / "lit_model.pth").is_file)
-        if not trained:
-            print(f"Arm {arm}, seed {seed}" + (f", lr {lr:g}" if lrs_given else "") + f": {spec['what']}")
-            if spec.get("kd"):
-                with distillation(pretrain, reference_dir, kd_temperature, kd_alpha, kd_quantize):
-                    run(**kwargs)
+        def measured(run_dir: Path, arm: str, seed: int, lr: float | None, budget: int) -> dict:
+            """Global rank 0 alone: one run's losses (reused from ``measured.json`` while its checkpoints and the
+            measuring settings stay the same)."""
+            best_dir = run_dir / "best" if (run_dir / "best" / "lit_model.pth").is_file() else run_dir / "final"
+            key = {"final": (run_dir / "final" / "lit_model.pth").stat().st_mtime_ns,
+                   "best": (best_dir / "lit_model.pth").stat().st_mtime_ns, "eval_max_iters": eval.max_iters,
+                   "micro_batch_size": train.micro_batch_size, "max_seq_length": max_seq_length,
+                   "val_data": str(getattr(data, "val_data_path", None)),
+                   "test_data": None if test_data is None else str(test_data)}
+            cache = run_dir / "measured.json"
+            if cache.is_file():
+                stored = json.loads(cache.read_text())
+                if stored.get("key") == key:
+                    return {**stored["row"], "arm": arm, "seed": seed, "lr": lr}
+            start_loss = val_loss(run_dir / "initial", data, max_seq_length, train.micro_batch_size, eval.max_iters)
+            final_loss = val_loss(run_dir / "final", data, max_seq_length, train.micro_batch_size, eval.max_iters)
+            curve = val_curve(run_dir)
+            per_iter = tokens_per_iter(run_dir, train.micro_batch_size * max_seq_length)
+            if (run_dir / "best" / "best.json").is_file():
+                best = json.loads((run_dir / "best" / "best.json").read_text())
+                best_loss, best_step, best_from = float(best["val_loss"]), best.get("step"), "best/best.json"
+            elif curve:
+                (best_step, best_loss), best_from = min(curve, key=lambda p: p[1]), "lowest evaluation in the log"
             else:
-                run(**kwargs)
-        # rank 0 measures; every rank gets the same row
-        return rundir.rank_zero_value(out_dir, name, lambda: measured(run_dir, arm, seed, lr, budget),
-                                      what=f"evaluating {name}")
+                best_loss, best_step, best_from = final_loss, None, "final checkpoint (no evaluations logged)"
+            test = None
+            if test_data is not None:  # the same fixed, unshuffled windows as validation, of the held-out text
+                test = test_loss(best_dir, Path(test_data), max_seq_length=max_seq_length,
+                                 batch_size=train.micro_batch_size, max_iters=eval.max_iters)
+            state = torch.load(run_dir / "final" / "lit_model.pth", mmap=True, weights_only=False, map_location="cpu")
+            iters = state.get("iter_num") if isinstance(state, dict) else None
+            row = {"arm": arm, "seed": seed, "lr": lr, "run_dir": str(run_dir.relative_to(out_dir)), "tokens": budget,
+                   "iters": iters, "tokens_seen": None if iters is None else iters * per_iter,
+                   "layers": json.loads((run_dir / "initial" / "inheritune.json").read_text())["layers"],
+                   "start_loss": start_loss, "final_loss": final_loss, "best_loss": best_loss, "best_step": best_step,
+                   "best_from": best_from, "test_loss": test, "test_from": None if test_data is None else best_dir.name,
+                   "curve": curve, "token_curve": [(0, start_loss)] + [((s + 1) * per_iter, l) for s, l in curve]}
+            write_json(cache, {"key": key, "row": row})
+            return row
 
-    runs, sweeps = [], {}
-    for arm in arms:
-        sweep = [arm_run(arm, seeds[0], lr) for lr in candidates]  # the first seed, every candidate lr
-        chosen = choose_lr(sweep) if len(sweep) > 1 else candidates[0]
-        if len(sweep) > 1:
-            print(f"Arm {arm}: lr {chosen:g} (best validation loss on seed {seeds[0]}: "
-                  + ", ".join(f"lr {r['lr']:g} {r['best_loss']:.4f}" for r in sweep) + ")")
-        sweeps[arm] = [{"lr": r["lr"], "seed": r["seed"], "best_loss": r["best_loss"]} for r in sweep]
-        runs += [r for r in sweep if r["lr"] == chosen] + [arm_run(arm, s, chosen) for s in seeds[1:]]
-    ran = set(arms)
-    kept = [r for r in earlier if r["arm"] not in ran]  # arms of earlier calls stay in the comparison
-    rows = aggregate([run for r in kept for run in _earlier_runs(r)] + runs)
-    described = {r["arm"]: r for r in kept}
-    for row in rows:
-        first = row["runs"][0]
-        row.update(what=ARMS.get(row["arm"], {}).get("what", ""), layers=first.get("layers"),
-                   parts=ARMS.get(row["arm"], {}).get("parts"), kd=bool(ARMS.get(row["arm"], {}).get("kd")))
-        if row["arm"] in ran:
-            row.update(lr_sweep=sweeps[row["arm"]], lr_rule=rule)
-        else:
-            row.update(lr_sweep=described[row["arm"]].get("lr_sweep"), lr_rule=described[row["arm"]].get("lr_rule"))
-    if rundir.is_rank_zero():  # one writer of the comparison
-        write_json(out_dir / "arms.json", rows)
-        other_rules = sorted({r["lr_rule"] for r in rows if r["lr_rule"] not in (None, rule)})
-        rundir.write_text(out_dir / "arms.md", (
-            f"# {n_layers}-block children of {config.name} ({config.n_layer} blocks), same data and budget\n\n"
-            f"Seeds {seeds}: losses are mean ± sample std over seeds; \"vs inherit\" is the difference of means, "
-            "within noise when smaller than two standard errors of the difference (sqrt(s1²/n1 + s2²/n2)).\n"
-            f"Learning rate: {rule}." + (f" Arms of earlier calls: {'; '.join(other_rules)}." if other_rules else "")
-            + "\n"
-            f"Validation loss on the data module's validation set (its first {eval.max_iters} batches of "
-            f"{train.micro_batch_size} x {max_seq_length} tokens, unshuffled); best = the run's best/best.json where "
-            f"it has one, else the lowest of its evaluations every {eval.interval} steps. "
-            + (f"Test loss on {str(test_data)!r} (the first {eval.max_iters} batches, unshuffled), of each run's best/ "
-               "checkpoint (final/ where it has none)." if test_data is not None
-               else "Test loss: no test split (give --test_data).")
-            + "\n\n" + arms_table(rows) + "\n" + identical_seeds_note(rows)
-        ))
-        plot_curves(rows, out_dir / "curves.png", f"{n_layers}-block children of {config.name}"
-                    + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else ""),
-                    train.micro_batch_size * max_seq_length)
-    return rows
+        def arm_run(arm: str, seed: int, lr: float | None) -> dict:
+            """Trains one arm with one seed and lr unless its run is finished; returns rank 0's measurements."""
+            spec = ARMS[arm]
+            run_dir = run_dir_of(out_dir, arm, seed, lr, seeds_given, lrs_given)
+            budget = train.max_tokens * spec.get("budget", 1)
+            name = f"arm-{arm}" + (f"-lr{lr:g}" if lrs_given else "") + (f"-seed{seed}" if seeds_given or lrs_given else "")
+            kwargs = dict(reference_dir=reference_dir, n_layers=n_layers, layers=None, parts=spec.get("parts"),
+                          out_dir=run_dir, precision=precision, resume="auto", data=data,
+                          train=replace(train, max_tokens=budget), eval=eval, log=log or LogArgs(),
+                          optimizer=with_lr(optimizer, lr) if lrs_given else optimizer, devices=devices,
+                          num_nodes=num_nodes, tokenizer_dir=None, logger_name="csv", seed=seed, compile=compile,
+                          overwrite=False, select=spec.get("select", "first"), analysis=analysis, strategy=strategy)
+            trained = rundir.agree(fabric, (run_dir / "final" / "lit_model.pth").is_file, what=f"looking at {name}")
+            if not trained:
+                fabric.print(f"Arm {arm}, seed {seed}" + (f", lr {lr:g}" if lrs_given else "") + f": {spec['what']}")
+                if spec.get("kd"):
+                    with distillation(pretrain, reference_dir, kd_temperature, kd_alpha, kd_quantize):
+                        run(**kwargs)
+                else:
+                    run(**kwargs)
+            # rank 0 measures; every rank gets the same row
+            return rundir.agree(fabric, lambda: measured(run_dir, arm, seed, lr, budget), what=f"evaluating {name}")
+
+        runs, sweeps = [], {}
+        for arm in arms:
+            sweep = [arm_run(arm, seeds[0], lr) for lr in candidates]  # the first seed, every candidate lr
+            chosen = choose_lr(sweep) if len(sweep) > 1 else candidates[0]
+            if len(sweep) > 1:
+                fabric.print(f"Arm {arm}: lr {chosen:g} (best validation loss on seed {seeds[0]}: "
+                      + ", ".join(f"lr {r['lr']:g} {r['best_loss']:.4f}" for r in sweep) + ")")
+            sweeps[arm] = [{"lr": r["lr"], "seed": r["seed"], "best_loss": r["best_loss"]} for r in sweep]
+            runs += [r for r in sweep if r["lr"] == chosen] + [arm_run(arm, s, chosen) for s in seeds[1:]]
+        ran = set(arms)
+        kept = [r for r in earlier if r["arm"] not in ran]  # arms of earlier calls stay in the comparison
+        rows = aggregate([run for r in kept for run in _earlier_runs(r)] + runs)
+        described = {r["arm"]: r for r in kept}
+        for row in rows:
+            first = row["runs"][0]
+            row.update(what=ARMS.get(row["arm"], {}).get("what", ""), layers=first.get("layers"),
+                       parts=ARMS.get(row["arm"], {}).get("parts"), kd=bool(ARMS.get(row["arm"], {}).get("kd")))
+            if row["arm"] in ran:
+                row.update(lr_sweep=sweeps[row["arm"]], lr_rule=rule)
+            else:
+                row.update(lr_sweep=described[row["arm"]].get("lr_sweep"), lr_rule=described[row["arm"]].get("lr_rule"))
+        if fabric.global_rank == 0:  # one writer of the comparison
+            write_json(out_dir / "arms.json", rows)
+            other_rules = sorted({r["lr_rule"] for r in rows if r["lr_rule"] not in (None, rule)})
+            rundir.write_text(out_dir / "arms.md", (
+                f"# {n_layers}-block children of {config.name} ({config.n_layer} blocks), same data and budget\n\n"
+                f"Seeds {seeds}: losses are mean ± sample std over seeds; \"vs inherit\" is the difference of means, "
+                "within noise when smaller than two standard errors of the difference (sqrt(s1²/n1 + s2²/n2)).\n"
+                f"Learning rate: {rule}." + (f" Arms of earlier calls: {'; '.join(other_rules)}." if other_rules else "")
+                + "\n"
+                f"Validation loss on the data module's validation set (its first {eval.max_iters} batches of "
+                f"{train.micro_batch_size} x {max_seq_length} tokens, unshuffled); best = the run's best/best.json where "
+                f"it has one, else the lowest of its evaluations every {eval.interval} steps. "
+                + (f"Test loss on {str(test_data)!r} (the first {eval.max_iters} batches, unshuffled), of each run's best/ "
+                   "checkpoint (final/ where it has none)." if test_data is not None
+                   else "Test loss: no test split (give --test_data).")
+                + "\n\n" + arms_table(rows) + "\n" + identical_seeds_note(rows)
+            ))
+            plot_curves(rows, out_dir / "curves.png", f"{n_layers}-block children of {config.name}"
+                        + (f", mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else ""),
+                        train.micro_batch_size * max_seq_length)
+        return rows

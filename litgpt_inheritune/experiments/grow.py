@@ -111,78 +111,82 @@ def grow(
                 "target": target, "tolerance": tolerance, "seed": seed}
     strategy_name = strategy
     strategies.resolve(strategy_name, devices, num_nodes)  # a bad choice is refused before any work
+    # launched first, as every training command: the rounds train on this launch's processes
+    fabric = rundir.launch(devices, num_nodes, strategy_name, precision)
+    with rundir.Claim(out_dir) as claim, rundir.one_line_peer_errors(fabric):
+        def start() -> list[dict]:
+            """Global rank 0 alone: claim out_dir, decide what it holds (rundir's rules), write the settings, read the
+            rows."""
+            claim.take()
+            check_out_dir(out_dir, reference_dir)
+            started = (out_dir / SETTINGS).is_file()
+            if not started and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+                raise InherituneError(f"{str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite true")
+            decision = rundir.decide(out_dir, started, False, resume, overwrite, what="growth run")
+            if decision == "resume":
+                previous = json.loads((out_dir / SETTINGS).read_text())
+                if previous != settings:
+                    changed = sorted(k for k in settings if previous.get(k) != settings[k])
+                    raise InherituneError(
+                        f"{str(out_dir)!r} holds a growth run with other settings ({', '.join(changed)}); "
+                        "rerun with the same arguments to resume it, --overwrite true to start again, or another --out_dir"
+                    )
+            if decision == "overwrite":
+                rundir.remove_run(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(out_dir / SETTINGS, settings)
+            return json.loads((out_dir / ROUNDS).read_text()) if (out_dir / ROUNDS).is_file() else []
 
-    def start() -> list[dict]:
-        """Global rank 0 alone: decide what out_dir holds (rundir's rules), write the settings, read the rows."""
-        check_out_dir(out_dir, reference_dir)
-        started = (out_dir / SETTINGS).is_file()
-        if not started and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-            raise InherituneError(f"{str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite true")
-        decision = rundir.decide(out_dir, started, False, resume, overwrite, what="growth run")
-        if decision == "resume":
-            previous = json.loads((out_dir / SETTINGS).read_text())
-            if previous != settings:
-                changed = sorted(k for k in settings if previous.get(k) != settings[k])
-                raise InherituneError(
-                    f"{str(out_dir)!r} holds a growth run with other settings ({', '.join(changed)}); "
-                    "rerun with the same arguments to resume it, --overwrite true to start again, or another --out_dir"
+        rows: list[dict] = rundir.agree(fabric, start, what="preparing the growth run")
+
+        def loss_of(checkpoint: Path) -> float:
+            return val_loss(checkpoint, data, max_seq_length, train.micro_batch_size, eval.max_iters)
+
+        if target == "reference":
+            def reference_loss() -> float:
+                cached = out_dir / "reference_loss.json"
+                if cached.is_file():
+                    return json.loads(cached.read_text())["val_loss"]
+                loss = loss_of(reference_dir)
+                write_json(cached, {"val_loss": loss, "checkpoint": str(reference_dir)})
+                return loss
+
+            target_loss = rundir.agree(fabric, reference_loss, what="measuring the reference's loss")
+            fabric.print(f"Reference ({config.n_layer} blocks) validation loss: {target_loss:.4f}")
+        else:
+            target_loss = target
+
+        done = {r["n_layers"] for r in rows}
+        for n in depths:
+            if rows and rows[-1]["matched"]:
+                break
+            if n in done:
+                continue
+            run_dir = out_dir / f"n{n:03d}"
+            fabric.print(f"Round {len(rows) + 1}: {n} of {config.n_layer} blocks, {steps} steps ({tokens:,} tokens)")
+            trained = rundir.agree(fabric, (run_dir / "final" / "lit_model.pth").is_file, what=f"looking at round {n}")
+            if not trained:  # else it was trained but not yet evaluated
+                train_run(
+                    reference_dir=reference_dir, n_layers=n, layers=None, parts=None, out_dir=run_dir, precision=precision,
+                    resume="auto", data=data, train=replace(train, epochs=None, max_tokens=tokens), eval=eval,
+                    log=log or LogArgs(), optimizer=optimizer, devices=devices, num_nodes=num_nodes, tokenizer_dir=None,
+                    logger_name=logger_name, seed=seed, compile=compile, overwrite=False, strategy=strategy_name,
                 )
-        if decision == "overwrite":
-            rundir.remove_run(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / SETTINGS, settings)
-        return json.loads((out_dir / ROUNDS).read_text()) if (out_dir / ROUNDS).is_file() else []
 
-    rows: list[dict] = rundir.rank_zero_value(out_dir, "grow", start, what="preparing the growth run")
+            def evaluate(n: int = n, run_dir: Path = run_dir) -> list[dict]:
+                loss = loss_of(run_dir / "final")
+                new = rows + [{"n_layers": n, "steps": steps, "tokens": tokens, "val_loss": loss, "target_loss": target_loss,
+                               "matched": loss <= target_loss + tolerance, "checkpoint": str(run_dir / "final")}]
+                write_json(out_dir / ROUNDS, new)
+                rundir.write_text(out_dir / "rounds.md", (
+                    f"# Inheritune growth from {config.name} ({config.n_layer} blocks)\n\nEach round inherits the first n "
+                    f"blocks of the reference afresh and trains {steps} steps; target: "
+                    f"{'the reference' if target == 'reference' else 'given'} validation loss {target_loss:.4f}"
+                    f" (+ tolerance {tolerance}).\n\n{rounds_table(new)}\n"
+                ))
+                return new
 
-    def loss_of(checkpoint: Path) -> float:
-        return val_loss(checkpoint, data, max_seq_length, train.micro_batch_size, eval.max_iters)
-
-    if target == "reference":
-        def reference_loss() -> float:
-            cached = out_dir / "reference_loss.json"
-            if cached.is_file():
-                return json.loads(cached.read_text())["val_loss"]
-            loss = loss_of(reference_dir)
-            write_json(cached, {"val_loss": loss, "checkpoint": str(reference_dir)})
-            return loss
-
-        target_loss = rundir.rank_zero_value(out_dir, "reference_loss", reference_loss, what="the reference's loss")
-        print(f"Reference ({config.n_layer} blocks) validation loss: {target_loss:.4f}")
-    else:
-        target_loss = target
-
-    done = {r["n_layers"] for r in rows}
-    for n in depths:
-        if rows and rows[-1]["matched"]:
-            break
-        if n in done:
-            continue
-        run_dir = out_dir / f"n{n:03d}"
-        print(f"Round {len(rows) + 1}: {n} of {config.n_layer} blocks, {steps} steps ({tokens:,} tokens)")
-        trained = rundir.rank_zero_value(out_dir, f"round-{n}-trained", (run_dir / "final" / "lit_model.pth").is_file)
-        if not trained:  # else it was trained but not yet evaluated
-            train_run(
-                reference_dir=reference_dir, n_layers=n, layers=None, parts=None, out_dir=run_dir, precision=precision,
-                resume="auto", data=data, train=replace(train, epochs=None, max_tokens=tokens), eval=eval,
-                log=log or LogArgs(), optimizer=optimizer, devices=devices, num_nodes=num_nodes, tokenizer_dir=None,
-                logger_name=logger_name, seed=seed, compile=compile, overwrite=False, strategy=strategy_name,
-            )
-
-        def evaluate(n: int = n, run_dir: Path = run_dir) -> list[dict]:
-            loss = loss_of(run_dir / "final")
-            new = rows + [{"n_layers": n, "steps": steps, "tokens": tokens, "val_loss": loss, "target_loss": target_loss,
-                           "matched": loss <= target_loss + tolerance, "checkpoint": str(run_dir / "final")}]
-            write_json(out_dir / ROUNDS, new)
-            rundir.write_text(out_dir / "rounds.md", (
-                f"# Inheritune growth from {config.name} ({config.n_layer} blocks)\n\nEach round inherits the first n "
-                f"blocks of the reference afresh and trains {steps} steps; target: "
-                f"{'the reference' if target == 'reference' else 'given'} validation loss {target_loss:.4f}"
-                f" (+ tolerance {tolerance}).\n\n{rounds_table(new)}\n"
-            ))
-            return new
-
-        # rank 0 measures and writes; every rank goes on with the same rows (the same next round or the same stop)
-        rows = rundir.rank_zero_value(out_dir, f"round-{n}", evaluate, what=f"evaluating round {n}")
-        print(rounds_table(rows))
-    return rows
+            # rank 0 measures and writes; every rank goes on with the same rows (the same next round or the same stop)
+            rows = rundir.agree(fabric, evaluate, what=f"evaluating round {n}")
+            fabric.print(rounds_table(rows))
+        return rows

@@ -56,7 +56,7 @@ def prune(
     import lightning as L
     import torch
     from litgpt import GPT, Tokenizer
-    from litgpt.model import Block
+    from lightning.fabric.strategies import DDPStrategy, FSDPStrategy
     from litgpt.pretrain import get_lr, validate
     from litgpt.utils import CycleIterator, chunked_cross_entropy
 
@@ -96,172 +96,187 @@ def prune(
                 "lr": lr, "mask_lr": mask_lr, "lambda_lr": lambda_lr, "weight_decay": weight_decay, "seed": seed,
                 "train": asdict(train), "data": type(data).__name__}
     settings = json.loads(json.dumps(settings, default=str))  # as prune.json holds it
-    resolved = strategies.resolve(strategy, devices, num_nodes)
-    def start() -> str:
-        """Global rank 0 alone: decide what out_dir holds (rundir's rules), check, then write the settings."""
-        finished = (out_dir / FINAL / "lit_model.pth").is_file()
-        if finished and not overwrite:  # nothing left to resume
-            raise InherituneError(f"{str(out_dir)!r} holds a finished pruning run; pass --overwrite true or choose "
-                                  "another --out_dir")
-        decision = rundir.decide(out_dir, state_path.is_file(), finished, resume, overwrite, what="pruning run")
-        if decision == "resume" and json.loads((out_dir / "prune.json").read_text()) != settings:
-            raise InherituneError(f"{str(out_dir)!r} was started with other settings (see prune.json); resume with those")
-        check_weights_match_config(config, load_state_dict_lazily(reference_dir / "lit_model.pth"),
-                                   reference_dir / "lit_model.pth")
-        checks.check_out_dir(out_dir, reference_dir)
-        data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size,
-                     max_seq_length=train.max_seq_length or config.block_size)
-        checks.prepare_text_files(data)  # whole or not at all, before out_dir is touched
-        if decision == "overwrite":
-            rundir.remove_run(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "prune.json", settings)
-        return decision
+    strategies.resolve(strategy, devices, num_nodes)  # a bad choice is refused before any work
+    with checks.text_cache_for(out_dir, num_nodes):
+        # launched first, as every training command; rank 0 then decides and prepares, the others wait for it
+        fabric = rundir.launch(devices, num_nodes, strategy, precision)
+        settings["world_size"] = fabric.world_size  # a resume needs as many processes (data order, accumulation)
+        with rundir.Claim(out_dir) as claim, rundir.one_line_peer_errors(fabric):
+            def start() -> dict:
+                """Global rank 0 alone: claim out_dir, decide what it holds (rundir's rules), check, then write the
+                settings."""
+                claim.take()
+                finished = (out_dir / FINAL / "lit_model.pth").is_file()
+                if finished and not overwrite:  # nothing left to resume
+                    raise InherituneError(f"{str(out_dir)!r} holds a finished pruning run; pass --overwrite true or choose "
+                                          "another --out_dir")
+                decision = rundir.decide(out_dir, state_path.is_file(), finished, resume, overwrite, what="pruning run")
+                if decision == "resume":
+                    previous = json.loads((out_dir / "prune.json").read_text())
+                    if previous.get("world_size", fabric.world_size) != fabric.world_size:
+                        raise InherituneError(
+                            f"{str(out_dir)!r} was pruned by {previous['world_size']} processes and this launch has "
+                            f"{fabric.world_size}; resume with --devices x --num_nodes = {previous['world_size']} (each "
+                            "process's place in the data and the accumulation depend on it), or pass --overwrite true"
+                        )
+                    if {k: v for k, v in previous.items() if k != "world_size"} != {k: v for k, v in settings.items()
+                                                                                    if k != "world_size"}:
+                        raise InherituneError(f"{str(out_dir)!r} was started with other settings (see prune.json); resume "
+                                              "with those")
+                check_weights_match_config(config, load_state_dict_lazily(reference_dir / "lit_model.pth"),
+                                           reference_dir / "lit_model.pth")
+                checks.check_out_dir(out_dir, reference_dir)
+                data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size,
+                             max_seq_length=train.max_seq_length or config.block_size)
+                checks.prepare_text_files(data)  # whole or not at all, before out_dir is touched
+                if decision == "overwrite":
+                    rundir.remove_run(out_dir)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_json(out_dir / "prune.json", settings)
+                return {"decision": decision, "text": checks.prepared_text(data)}
 
-    resuming = rundir.rank_zero_value(out_dir, "prune", start, what="preparing the pruning run") == "resume"
-    state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
+            prepared = rundir.agree(fabric, start, what="preparing the pruning run")
+            resuming = prepared["decision"] == "resume"
+            state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
+            fabric.seed_everything(seed)
 
-    fabric = L.Fabric(devices=devices, num_nodes=num_nodes, strategy=strategies.fabric_strategy(resolved, {Block}),
-                      precision=precision)
-    fabric.launch()
-    fabric.seed_everything(seed)
+            seq = train.max_seq_length or config.block_size
+            accumulate = train.gradient_accumulation_iters(fabric.world_size)
+            data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size, max_seq_length=seq)
+            if fabric.global_rank != 0:  # rank 0 prepared the text: every rank reads that one preparation
+                checks.use_prepared_text(data, prepared["text"], fabric.global_rank)
+            with fabric.rank_zero_first():
+                data.prepare_data()
+            data.setup()
+            train_loader, val_loader = fabric.setup_dataloaders(data.train_dataloader(), data.val_dataloader())
 
-    seq = train.max_seq_length or config.block_size
-    accumulate = train.gradient_accumulation_iters(fabric.world_size)
-    data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size, max_seq_length=seq)
-    checks.locate_text_cache(data)  # where rank 0 prepared it (TextFiles)
-    with fabric.rank_zero_first():
-        data.prepare_data()
-    data.setup()
-    train_loader, val_loader = fabric.setup_dataloaders(data.train_dataloader(), data.val_dataloader())
-
-    model = GPT(config)
-    model.load_state_dict(state_dict)
-    if reference_ties_embeddings(state_dict):  # keep the reference's architecture: one shared matrix
-        model.lm_head.weight = model.transformer.wte.weight
-    del state_dict
-    model.max_seq_length = seq
-    model = PrunableGPT(model, sizes)
-    model = fabric.setup(model)
-    weights = [p for n, p in model.named_parameters() if ".masks." not in f".{n}"]
-    gates = [p for n, p in model.named_parameters() if ".masks.gates." in f".{n}"]
-    lambdas = [p for n, p in model.named_parameters() if ".masks.lambdas." in f".{n}"]
-    optimizer = torch.optim.AdamW(
-        [{"params": weights, "lr": lr, "weight_decay": weight_decay},
-         {"params": gates, "lr": mask_lr, "weight_decay": 0.0},
-         {"params": lambdas, "lr": lambda_lr, "weight_decay": 0.0, "maximize": True}],
-        betas=(0.9, 0.95),
-    )
-    optimizer = fabric.setup_optimizers(optimizer)
-    state = {"model": model, "optimizer": optimizer, "step": 0}
-    if resuming:
-        fabric.load(state_path, state)
-        fabric.print(f"Resuming pruning at step {state['step']} from {state_path}")
-    prunable = model.module if hasattr(model, "module") else model
-    masks = prunable.masks
-    # weights outside forward: under FSDP only this rank's shard of them
-
-    def evaluate(step: int) -> dict:
-        """Validation of the target-shaped model (deterministic masks); per domain for a ``DomainMixture``, whose
-        weights then follow dynamic batch loading."""
-        loader = unwrap(val_loader)
-        if not hasattr(loader, "domain_loaders"):
-            return {"step": step, "val_loss": float(validate(fabric, model, val_loader, eval.max_iters, verbose=False))}
-        losses = _domain_losses(fabric, model, loader, eval.max_iters, validate)
-        weights = data.after_validation(losses, step)
-        return {"step": step, "val_loss": domain_mean(losses), "domain_losses": losses, "domain_weights": weights,
-                "domain_weights_by_rank": weights_on_every_rank(fabric, weights)}
-
-    def log(record: dict) -> None:
-        if fabric.global_rank == 0:
-            with (out_dir / METRICS_FILE).open("a") as sink:
-                sink.write(json.dumps(record) + "\n")
-
-    def save() -> None:
-        """Saves under a temporary name in out_dir, staged there too (Lightning stages in $TMPDIR and moves, a copy
-        across filesystems), then renames: a full disk leaves the previous state whole and says so in one line."""
-        tmp = out_dir / f".{STATE_FILE}.tmp"
-        try:
-            with staged_in(out_dir):
-                fabric.save(tmp, state)
-            if fabric.global_rank == 0:
-                os.replace(tmp, state_path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise disk_error(exc, state_path) from None
-        fabric.barrier()
-
-    batches = CycleIterator(train_loader)
-    for _ in range(state["step"] * accumulate):  # the same batches as an uninterrupted run
-        next(batches)
-    model.train()
-    t0 = time.perf_counter()
-    lr_warmup = math.ceil(train.lr_warmup_fraction * steps) if train.lr_warmup_fraction else (train.lr_warmup_steps or 0)
-    min_lr = train.min_lr if train.min_lr is not None else lr
-    while state["step"] < steps:
-        step = state["step"]
-        optimizer.param_groups[0]["lr"] = get_lr(lr, step, lr_warmup, steps, min_lr)
-        lm_loss = 0.0
-        for micro in range(accumulate):
-            batch = next(batches)
-            input_ids, targets = batch[:, 0:seq].contiguous().long(), batch[:, 1:seq + 1].contiguous().long()
-            # mask samples seeded by (seed, rank, step, micro-batch): a resumed run draws what it would have drawn
-            prunable.generator = torch.Generator(fabric.device).manual_seed(
-                hash((seed, fabric.global_rank, step, micro)) % 2**63)
-            last = micro == accumulate - 1
-            with fabric.no_backward_sync(model, enabled=not last):
-                if last:  # the constraint is computed inside forward, where FSDP holds the masks unsharded
-                    logits, constraint = model(input_ids, lagrangian=(step, warmup))
-                    loss = chunked_cross_entropy(logits, targets)
-                    fabric.backward(loss / accumulate + constraint)
-                else:
-                    loss = chunked_cross_entropy(model(input_ids), targets)
-                    fabric.backward(loss / accumulate)
-            lm_loss += float(loss.detach()) / accumulate
-        stats = prunable.stats
-        clip_weights(fabric, model, optimizer, weights, train.max_norm, sharded=resolved == "fsdp")
-        optimizer.step()
-        optimizer.zero_grad()
-        masks.clamp_()
-        state["step"] = step + 1
-        record = {"step": step + 1, "loss": lm_loss, "lagrangian": float(constraint.detach()), "masks": stats,
-                  "expected_kept": prunable.expected_kept, "lr": optimizer.param_groups[0]["lr"]}
-        if (step + 1) % eval.interval == 0 or step + 1 == steps:
-            record.update(evaluate(step + 1))
-        if (step + 1) % train.log_interval == 0 or "val_loss" in record:
-            fabric.print(
-                f"step {step + 1}/{steps} | loss {lm_loss:.3f} | lagrangian {record['lagrangian']:.4f} | "
-                + " ".join(f"{k} {v['expected_sparsity']:.3f}/{v['target_sparsity']:.3f}" for k, v in stats.items())
-                + (f" | val (target shape) {record['val_loss']:.3f}" if "val_loss" in record else "")
-                + f" | {time.perf_counter() - t0:.0f} s"
+            model = GPT(config)
+            model.load_state_dict(state_dict)
+            if reference_ties_embeddings(state_dict):  # keep the reference's architecture: one shared matrix
+                model.lm_head.weight = model.transformer.wte.weight
+            del state_dict
+            model.max_seq_length = seq
+            model = PrunableGPT(model, sizes)
+            model = fabric.setup(model)
+            weights = [p for n, p in model.named_parameters() if ".masks." not in f".{n}"]
+            gates = [p for n, p in model.named_parameters() if ".masks.gates." in f".{n}"]
+            lambdas = [p for n, p in model.named_parameters() if ".masks.lambdas." in f".{n}"]
+            optimizer = torch.optim.AdamW(
+                [{"params": weights, "lr": lr, "weight_decay": weight_decay},
+                 {"params": gates, "lr": mask_lr, "weight_decay": 0.0},
+                 {"params": lambdas, "lr": lambda_lr, "weight_decay": 0.0, "maximize": True}],
+                betas=(0.9, 0.95),
             )
-        log(record)
-        if train.save_interval and (step + 1) % train.save_interval == 0 and step + 1 < steps:
-            save()
-    save()
-    if resolved == "ddp":  # every process holds the whole model: they must hold the same one
-        digests = fabric.all_gather(torch.tensor([state_digest(prunable.state_dict())], device=fabric.device))
-        digests = [int(d) for d in digests.flatten().tolist()]
-        log({"step": steps, "rank_digests": digests})
-        if len(set(digests)) > 1:
-            raise RuntimeError(f"the ranks' models diverged (digests {digests}); report this as a bug")
+            optimizer = fabric.setup_optimizers(optimizer)
+            state = {"model": model, "optimizer": optimizer, "step": 0}
+            if resuming:
+                fabric.load(state_path, state)
+                fabric.print(f"Resuming pruning at step {state['step']} from {state_path}")
+            prunable = model.module if hasattr(model, "module") else model
+            masks = prunable.masks
+            # weights outside forward: under FSDP only this rank's shard of them
 
-    # Extract exactly the target shape, with the surviving mask values folded into the weights, from the full
-    # (consolidated) state just saved, so one path serves one device and FSDP alike.
-    if fabric.global_rank == 0:
-        saved = torch.load(state_path, mmap=True, map_location="cpu", weights_only=False)["model"]
-        final_masks = PruningMasks(config, sizes)
-        final_masks.load_state_dict({k[len("masks."):]: v for k, v in saved.items() if k.startswith("masks.")})
-        keep, scales = extraction(final_masks, config)
-        gpt_state = {k[len("gpt."):]: v for k, v in saved.items() if k.startswith("gpt.")}
-        child, child_state = prune_state_dict(config, gpt_state, keep, scales)
-        tied = torch.equal(gpt_state["lm_head.weight"], gpt_state["transformer.wte.weight"])
-        record = shape_record(reference_dir, config, child, keep, sizes, tied, method="prune", steps=steps)
-        with atomic_dir(out_dir / FINAL, overwrite=overwrite) as tmp:
-            write_checkpoint(tmp, child, child_state, reference_dir, keep.layers, widths=True)
-            (tmp / INHERITANCE_FILE).write_text(json.dumps(record) + "\n")
-    fabric.barrier()
-    return out_dir / FINAL
+            def evaluate(step: int) -> dict:
+                """Validation of the target-shaped model (deterministic masks); per domain for a ``DomainMixture``, whose
+                weights then follow dynamic batch loading."""
+                loader = unwrap(val_loader)
+                if not hasattr(loader, "domain_loaders"):
+                    return {"step": step, "val_loss": float(validate(fabric, model, val_loader, eval.max_iters, verbose=False))}
+                losses = _domain_losses(fabric, model, loader, eval.max_iters, validate)
+                weights = data.after_validation(losses, step)
+                return {"step": step, "val_loss": domain_mean(losses), "domain_losses": losses, "domain_weights": weights,
+                        "domain_weights_by_rank": weights_on_every_rank(fabric, weights)}
+
+            def log(record: dict) -> None:
+                if fabric.global_rank == 0:
+                    with (out_dir / METRICS_FILE).open("a") as sink:
+                        sink.write(json.dumps(record) + "\n")
+
+            def save() -> None:
+                """Saves under a temporary name in out_dir, staged there too (Lightning stages in $TMPDIR and moves, a copy
+                across filesystems), then renames: a full disk leaves the previous state whole and says so in one line."""
+                tmp = out_dir / f".{STATE_FILE}.tmp"
+                try:
+                    with staged_in(out_dir):
+                        fabric.save(tmp, state)
+                    if fabric.global_rank == 0:
+                        os.replace(tmp, state_path)
+                except OSError as exc:
+                    tmp.unlink(missing_ok=True)
+                    raise disk_error(exc, state_path) from None
+                fabric.barrier()
+
+            batches = CycleIterator(train_loader)
+            for _ in range(state["step"] * accumulate):  # the same batches as an uninterrupted run
+                next(batches)
+            model.train()
+            t0 = time.perf_counter()
+            lr_warmup = math.ceil(train.lr_warmup_fraction * steps) if train.lr_warmup_fraction else (train.lr_warmup_steps or 0)
+            min_lr = train.min_lr if train.min_lr is not None else lr
+            while state["step"] < steps:
+                step = state["step"]
+                optimizer.param_groups[0]["lr"] = get_lr(lr, step, lr_warmup, steps, min_lr)
+                lm_loss = 0.0
+                for micro in range(accumulate):
+                    batch = next(batches)
+                    input_ids, targets = batch[:, 0:seq].contiguous().long(), batch[:, 1:seq + 1].contiguous().long()
+                    # mask samples seeded by (seed, rank, step, micro-batch): a resumed run draws what it would have drawn
+                    prunable.generator = torch.Generator(fabric.device).manual_seed(
+                        hash((seed, fabric.global_rank, step, micro)) % 2**63)
+                    last = micro == accumulate - 1
+                    with fabric.no_backward_sync(model, enabled=not last):
+                        if last:  # the constraint is computed inside forward, where FSDP holds the masks unsharded
+                            logits, constraint = model(input_ids, lagrangian=(step, warmup))
+                            loss = chunked_cross_entropy(logits, targets)
+                            fabric.backward(loss / accumulate + constraint)
+                        else:
+                            loss = chunked_cross_entropy(model(input_ids), targets)
+                            fabric.backward(loss / accumulate)
+                    lm_loss += float(loss.detach()) / accumulate
+                stats = prunable.stats
+                clip_weights(fabric, model, optimizer, weights, train.max_norm, sharded=isinstance(fabric.strategy, FSDPStrategy))
+                optimizer.step()
+                optimizer.zero_grad()
+                masks.clamp_()
+                state["step"] = step + 1
+                record = {"step": step + 1, "loss": lm_loss, "lagrangian": float(constraint.detach()), "masks": stats,
+                          "expected_kept": prunable.expected_kept, "lr": optimizer.param_groups[0]["lr"]}
+                if (step + 1) % eval.interval == 0 or step + 1 == steps:
+                    record.update(evaluate(step + 1))
+                if (step + 1) % train.log_interval == 0 or "val_loss" in record:
+                    fabric.print(
+                        f"step {step + 1}/{steps} | loss {lm_loss:.3f} | lagrangian {record['lagrangian']:.4f} | "
+                        + " ".join(f"{k} {v['expected_sparsity']:.3f}/{v['target_sparsity']:.3f}" for k, v in stats.items())
+                        + (f" | val (target shape) {record['val_loss']:.3f}" if "val_loss" in record else "")
+                        + f" | {time.perf_counter() - t0:.0f} s"
+                    )
+                log(record)
+                if train.save_interval and (step + 1) % train.save_interval == 0 and step + 1 < steps:
+                    save()
+            save()
+            if isinstance(fabric.strategy, DDPStrategy):  # every process holds the whole model: they must hold the same one
+                digests = fabric.all_gather(torch.tensor([state_digest(prunable.state_dict())], device=fabric.device))
+                digests = [int(d) for d in digests.flatten().tolist()]
+                log({"step": steps, "rank_digests": digests})
+                if len(set(digests)) > 1:
+                    raise RuntimeError(f"the ranks' models diverged (digests {digests}); report this as a bug")
+
+            # Extract exactly the target shape, with the surviving mask values folded into the weights, from the full
+            # (consolidated) state just saved, so one path serves one device and FSDP alike.
+            if fabric.global_rank == 0:
+                saved = torch.load(state_path, mmap=True, map_location="cpu", weights_only=False)["model"]
+                final_masks = PruningMasks(config, sizes)
+                final_masks.load_state_dict({k[len("masks."):]: v for k, v in saved.items() if k.startswith("masks.")})
+                keep, scales = extraction(final_masks, config)
+                gpt_state = {k[len("gpt."):]: v for k, v in saved.items() if k.startswith("gpt.")}
+                child, child_state = prune_state_dict(config, gpt_state, keep, scales)
+                tied = torch.equal(gpt_state["lm_head.weight"], gpt_state["transformer.wte.weight"])
+                record = shape_record(reference_dir, config, child, keep, sizes, tied, method="prune", steps=steps)
+                with atomic_dir(out_dir / FINAL, overwrite=overwrite) as tmp:
+                    write_checkpoint(tmp, child, child_state, reference_dir, keep.layers, widths=True)
+                    (tmp / INHERITANCE_FILE).write_text(json.dumps(record) + "\n")
+            fabric.barrier()
+            return out_dir / FINAL
 
 
 def clip_weights(fabric, model, optimizer, weights: list, max_norm: float, sharded: bool) -> None:
