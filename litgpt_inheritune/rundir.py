@@ -121,7 +121,8 @@ def check_world(devices: int | str, num_nodes: int) -> int:
                 else f"--devices and --num_nodes whose product is {world}")
         raise InherituneError(
             f"{launcher} started {world} processes but --devices {devices} x --num_nodes {num_nodes} asks for "
-            f"{per_node * num_nodes}; pass {hint}, or launch {per_node * num_nodes} processes"
+            f"{per_node * num_nodes}; pass {hint}, or start {per_node * num_nodes} "
+            f"process{'es' if per_node * num_nodes > 1 else ''}"
         )
     return per_node
 
