@@ -148,6 +148,13 @@ def launch(devices: int | str, num_nodes: int, strategy: str, precision: str | N
         fabric.launch()
     except ValueError as exc:  # Lightning's own check of a cluster environment against the flags
         raise InherituneError(" ".join(str(exc).split())) from None
+    except Exception as exc:  # the rendezvous: not every process joined in time
+        if not peer_failure(exc) and "DistStoreError" not in type(exc).__name__:
+            raise
+        raise InherituneError(
+            f"not every process joined within {timeout_s():.0f} s ({' '.join(str(exc).split())[:200]}); start the same "
+            f"command on every node with the same MASTER_ADDR and MASTER_PORT, or set {TIMEOUT_ENV} to wait longer"
+        ) from None
     return fabric
 
 

@@ -176,3 +176,17 @@ def test_a_launch_of_another_world_than_asked_is_one_line(tmp_path, tiny_referen
     assert lines == ["error: torchrun started 2 processes but --devices auto x --num_nodes 1 asks for 1; pass "
                      "--devices 2 --num_nodes 1, or start 1 process"] * 2, result.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_readmes_cluster_commands_are_the_ones_tested():
+    """README's two-node torchrun command and SLURM script use the flags these tests launch with."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    torchrun = next(line for line in readme.splitlines() if line.startswith("torchrun --nnodes 2"))
+    for flag in ("--nnodes 2", "--node_rank 0", "--nproc_per_node 8", "--master_addr", "--master_port"):
+        assert flag in torchrun
+    script = readme[readme.index("#!/bin/bash\n#SBATCH"):]
+    script = script[:script.index("```")]
+    assert "#SBATCH --nodes 2" in script and "#SBATCH --ntasks-per-node 8" in script
+    srun = next(line for line in script.splitlines() if line.startswith("srun litgpt inheritune"))
+    assert "--devices 8 --num_nodes 2" in srun and "--resume auto" in srun
+    assert "--devices 8 --num_nodes 2" in readme[readme.index(torchrun):readme.index(torchrun) + 400]
