@@ -321,6 +321,7 @@ class Claim:
         self.out_dir = Path(out_dir)
         self.path = claim_path(self.out_dir)
         self._fd: int | None = None
+        self._made: list[Path] = []
 
     def take(self) -> "Claim":
         import fcntl
@@ -328,12 +329,17 @@ class Claim:
 
         from litgpt_inheritune.errors import disk_error
 
+        from litgpt_inheritune.checks import check_out_dir
+
         if self._fd is not None:
             return self
+        check_out_dir(self.out_dir)  # a file in the way, or no permission: its one line, before anything is made
+        missing = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise disk_error(exc, self.out_dir, "creating") from None
+        self._made = missing  # removed again by release when the run left them empty
         for _ in range(10):  # the holder may remove the file between our open and our lock: take the new one
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -381,6 +387,11 @@ class Claim:
             pass
         os.close(self._fd)
         self._fd = None
+        for directory in self._made:  # deepest first; a run that wrote anything leaves them
+            try:
+                directory.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> "Claim":
         return self

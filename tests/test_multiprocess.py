@@ -184,8 +184,10 @@ def test_grow_and_arms_write_one_set_of_outputs(tmp_path, tiny_reference, eight_
     grow.mkdir()
     (grow / "grow.json").write_text(json.dumps({"steps": 99}))
     (grow / "earlier.txt").write_text("an earlier growth run")
-    litgpt(["inheritune_grow", tiny_reference, *data, *shared, "--steps", "3", "--n_layers_start", "4",
+    output = litgpt(["inheritune_grow", tiny_reference, *data, *shared, "--steps", "3", "--n_layers_start", "4",
                      "--grow_by", "2", "--tolerance", "-100", "--overwrite", "true", "--out_dir", grow], env, tmp_path)
+    # printed once, by rank 0: the table after each of the two rounds, the verdict at the end
+    assert output.count("| 1 | 4 |") == 2 and output.count("-block child does not match the target") == 1
     assert not (grow / "earlier.txt").exists()
     rows = json.loads((grow / "rounds.json").read_text())
     assert [r["n_layers"] for r in rows] == [4, 6]
@@ -195,8 +197,9 @@ def test_grow_and_arms_write_one_set_of_outputs(tmp_path, tiny_reference, eight_
     assert json.loads((grow / "reference_loss.json").read_text())["val_loss"] == rows[0]["target_loss"]
 
     arms = tmp_path / "arms"
-    litgpt(["inheritune_arms", tiny_reference, "--n_layers", "2", "--arms", "[inherit, random]", *data, *shared,
-            "--train.epochs", "3", "--out_dir", arms], env, tmp_path)
+    output = litgpt(["inheritune_arms", tiny_reference, "--n_layers", "2", "--arms", "[inherit, random]", *data,
+                     *shared, "--train.epochs", "3", "--out_dir", arms], env, tmp_path)
+    assert output.count("| inherit |") == 1 and output.count("Arm random, seed") == 1  # printed by rank 0 only
     table = json.loads((arms / "arms.json").read_text())
     assert sorted(r["arm"] for r in table) == ["inherit", "random"]
     assert (arms / "curves.png").stat().st_size > 0 and (arms / "arms.md").read_text().count("| inherit |") == 1
@@ -216,13 +219,14 @@ def test_prune_ranks_hold_one_model_and_the_extracted_child_is_rank_zeros(tmp_pa
     env = environment(tmp_path)
     out = tmp_path / "prune"
     target = {"n_layer": 4, "n_embd": 24, "n_head": 2, "n_query_groups": 1, "intermediate_size": 40}
-    litgpt(["inheritune_prune", tiny_reference, "--target", json.dumps(target), "--data", "TextFiles",
+    output = litgpt(["inheritune_prune", tiny_reference, "--target", json.dumps(target), "--data", "TextFiles",
             "--data.train_data_path", eight_samples[0], "--data.val_data_path", eight_samples[1],
             "--data.num_workers", "0", "--steps", "4", "--lagrangian_warmup_steps", "2", "--train.global_batch_size",
             "8", "--train.micro_batch_size", "4", "--train.max_seq_length", "32", "--train.lr_warmup_steps", "1",
             "--train.save_interval", "2", "--eval.interval", "2", "--eval.max_iters", "2", "--lr", "0.001",
             "--mask_lr", "0.5", "--lambda_lr", "0.5", "--precision", "32-true", "--devices", "2",
             "--strategy", "ddp", "--out_dir", out], env, tmp_path)
+    assert output.count("Wrote the pruned child") == 1  # printed by rank 0 only
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 4]  # one writer
     digests = metrics[-1]["rank_digests"]
