@@ -261,10 +261,12 @@ def prepare_text_files(data) -> None:
 
 def quiet_known_warnings() -> None:
     """Silences warnings known to be harmless here: torch's 'pin_memory ... no accelerator' (LitGPT's loaders ask
-    for pinned memory on CPU too), printed once per loader and evaluation."""
+    for pinned memory on CPU too), printed once per loader and evaluation, and DTensor's note on random init."""
     import warnings
 
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
+    # fsdp2 on CPU: the random init of the sharded model (before the child's weights are loaded over it)
+    warnings.filterwarnings("ignore", message=".*DTensor random operators may not have complete support on cpu.*")
 
 
 def cap_workers(data) -> None:

@@ -139,7 +139,7 @@ def launch(devices: int | str, num_nodes: int, strategy: str, precision: str | N
     per_node = check_world(devices, num_nodes)
     resolved = strategies.resolve(strategy, per_node, num_nodes)
     fabric = L.Fabric(devices=per_node, num_nodes=num_nodes, precision=precision, loggers=loggers,
-                      strategy=strategies.fabric_strategy(resolved, timeout_s()))
+                      strategy=strategies.fabric_strategy(resolved, timeout_s(), per_node * num_nodes))
     if torch.cuda.is_available() and per_node > 1:
         from litgpt.utils import check_nvlink_connectivity
 

@@ -90,6 +90,8 @@ def eight_samples(tmp_path, tiny_reference, text_dirs) -> tuple[Path, Path]:
 
 
 def test_two_processes_train_as_one_resume_after_kill_and_overwrite(tmp_path, tiny_reference, eight_samples):
+    """ddp on two processes trains what one process trains; fsdp2 what ddp trains; a killed fsdp2 run resumed ends
+    where the uninterrupted one ended."""
     env = environment(tmp_path)
     data = ["--data.train_data_path", eight_samples[0], "--data.val_data_path", eight_samples[1]]
     args = ["inheritune", tiny_reference, *COMMON, *data]
@@ -108,9 +110,20 @@ def test_two_processes_train_as_one_resume_after_kill_and_overwrite(tmp_path, ti
     moved = max((two["model"][k] - v).abs().max() for k, v in torch.load(run / "initial" / "lit_model.pth").items())
     assert moved > 100 * 1e-5  # the comparison is far finer than what training changed
 
-    # --overwrite true on the finished run, killed (the whole process group, kill -9) in the middle.
+    # fsdp2 (the child sharded over the two processes) trains what ddp trains, to float tolerance: 1e-5 of each
+    # tensor's largest value (measured 3e-6 on a 2-block SmolLM2 child; sharded reductions sum in another order).
+    ddp_run, run = run, tmp_path / "sharded"
+    output = litgpt(args + ["--devices", 2, "--strategy", "fsdp2", "--out_dir", run], env, tmp_path)
+    sharded = weights(run)
+    assert sharded["iter_num"] == STEPS
+    for key, value in two["model"].items():
+        assert (sharded["model"][key] - value).abs().max() <= 1e-5 * value.abs().max(), key
+    assert not any(hasattr(v, "to_local") for v in sharded["model"].values())  # whole tensors, LitGPT's format
+    two = sharded
+
+    # --overwrite true on the finished fsdp2 run, killed (the whole process group, kill -9) in the middle.
     initial_before = (run / "initial" / "lit_model.pth").stat().st_mtime_ns
-    process = subprocess.Popen([shutil.which("litgpt"), *map(str, args), "--devices", "2", "--strategy", "ddp",
+    process = subprocess.Popen([shutil.which("litgpt"), *map(str, args), "--devices", "2", "--strategy", "fsdp2",
                                 "--out_dir", str(run), "--overwrite", "true"], env=env, cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
@@ -124,15 +137,17 @@ def test_two_processes_train_as_one_resume_after_kill_and_overwrite(tmp_path, ti
     assert (run / "initial" / "lit_model.pth").stat().st_mtime_ns != initial_before  # rebuilt by --overwrite
     initial_after = (run / "initial" / "lit_model.pth").stat().st_mtime_ns
 
-    # --resume true, this time launched by torchrun (every rank starts at once), ends with the uninterrupted weights.
-    output = litgpt(args + ["--devices", 2, "--strategy", "ddp", "--out_dir", run, "--resume", "true"], env, tmp_path,
-                    launcher=torchrun())
+    # --resume true, this time launched by torchrun (every rank starts at once): the sharded model and optimizer are
+    # read back from LitGPT's single-file checkpoint, and the run ends with the uninterrupted weights.
+    output = litgpt(args + ["--devices", 2, "--strategy", "fsdp2", "--out_dir", run, "--resume", "true"], env,
+                    tmp_path, launcher=torchrun())
     assert "interrupted run" not in output
     resumed = weights(run)
     assert resumed["iter_num"] == STEPS
     assert_same_weights(resumed["model"], two["model"], atol=1e-6)
     assert (run / "initial" / "lit_model.pth").stat().st_mtime_ns == initial_after  # nothing inherited again
-    assert not list(run.parent.glob(".run.*")) and not list(run.glob("**/.*.tmp*"))  # no staging debris
+    for directory in (ddp_run, run):  # no staging or claim debris
+        assert not list(directory.parent.glob(f".{directory.name}.*")) and not list(directory.glob("**/.*.tmp*"))
     assert [p.name for p in eight_samples[0].iterdir()] == ["one.txt"]  # the user's text folder was only read
 
 
@@ -157,7 +172,7 @@ def test_domain_weights_are_one_mixture_on_every_rank(tmp_path, tiny_reference, 
             "--train.micro_batch_size", "2", "--train.max_seq_length", "32", "--train.save_interval", "1000",
             "--train.lr_warmup_steps", "1", "--eval.interval", "2", "--eval.max_iters", "2",
             "--eval.initial_validation", "false", "--precision", "32-true", "--compile", "false",
-            "--logger_name", "csv", "--devices", "2", "--strategy", "ddp", "--out_dir", out]
+            "--logger_name", "csv", "--devices", "2", "--strategy", "fsdp2", "--out_dir", out]
     output = litgpt(args, env, tmp_path)
     assert output.count("Reference losses per domain") == 1  # measured by rank 0 alone
     rows = [json.loads(line) for line in (out / "domain_weights.jsonl").read_text().splitlines()]
@@ -177,7 +192,7 @@ def test_grow_and_arms_write_one_set_of_outputs(tmp_path, tiny_reference, eight_
     shared = ["--train.global_batch_size", "8", "--train.micro_batch_size", "4", "--train.max_seq_length", "32",
               "--train.lr_warmup_steps", "1", "--train.save_interval", "2", "--eval.interval", "2",
               "--eval.max_iters", "2", "--eval.initial_validation", "false", "--precision", "32-true",
-              "--compile", "false", "--devices", "2", "--strategy", "ddp"]
+              "--compile", "false", "--devices", "2", "--strategy", "fsdp2"]
 
     # A growth run over an earlier one, with --overwrite: rank 0 alone removes it, before the first round.
     grow = tmp_path / "grow"
@@ -197,19 +212,26 @@ def test_grow_and_arms_write_one_set_of_outputs(tmp_path, tiny_reference, eight_
     assert json.loads((grow / "reference_loss.json").read_text())["val_loss"] == rows[0]["target_loss"]
 
     arms = tmp_path / "arms"
-    output = litgpt(["inheritune_arms", tiny_reference, "--n_layers", "2", "--arms", "[inherit, random]", *data,
+    output = litgpt(["inheritune_arms", tiny_reference, "--n_layers", "2", "--arms", "[inherit, kd]", *data,
                      *shared, "--train.epochs", "3", "--out_dir", arms], env, tmp_path)
-    assert output.count("| inherit |") == 1 and output.count("Arm random, seed") == 1  # printed by rank 0 only
+    assert output.count("| inherit |") == 1 and output.count("Arm kd, seed") == 1  # printed by rank 0 only
     table = json.loads((arms / "arms.json").read_text())
-    assert sorted(r["arm"] for r in table) == ["inherit", "random"]
+    assert sorted(r["arm"] for r in table) == ["inherit", "kd"]
     assert (arms / "curves.png").stat().st_size > 0 and (arms / "arms.md").read_text().count("| inherit |") == 1
-    for arm in ("inherit", "random"):
+    for arm in ("inherit", "kd"):
         assert weights(arms / arm)["iter_num"] == 3
+    # the distilled student (teacher whole on each rank, student sharded) trained otherwise than plain inheritance
+    assert any(not torch.equal(v, weights(arms / "kd")["model"][k]) for k, v in weights(arms / "inherit")["model"].items())
     for directory in (grow, arms):
         assert not [p for p in directory.rglob("*") if ".tmp" in p.name or ".old-" in p.name]
 
 
-def test_prune_ranks_hold_one_model_and_the_extracted_child_is_rank_zeros(tmp_path, tiny_reference, eight_samples):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_prune_ranks_hold_one_model_and_the_extracted_child_is_rank_zeros(strategy, tmp_path, tiny_reference,
+                                                                          eight_samples):
+    """Two processes prune one model: under ddp both hold it whole (their digests agree); under fsdp2 each holds a
+    shard (masks and multipliers included), clipping, the clamp and the Lagrangian run on shards, and the saved state
+    is the whole model. Either way the extracted child is exactly what rank 0's saved state gives."""
     from litgpt import GPT, Config
 
     from litgpt_inheritune.pruning.masks import PrunableGPT, PruningMasks, extraction
@@ -225,13 +247,17 @@ def test_prune_ranks_hold_one_model_and_the_extracted_child_is_rank_zeros(tmp_pa
             "8", "--train.micro_batch_size", "4", "--train.max_seq_length", "32", "--train.lr_warmup_steps", "1",
             "--train.save_interval", "2", "--eval.interval", "2", "--eval.max_iters", "2", "--lr", "0.001",
             "--mask_lr", "0.5", "--lambda_lr", "0.5", "--precision", "32-true", "--devices", "2",
-            "--strategy", "ddp", "--out_dir", out], env, tmp_path)
+            "--strategy", strategy, "--out_dir", out], env, tmp_path)
     assert output.count("Wrote the pruned child") == 1  # printed by rank 0 only
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 4]  # one writer
-    digests = metrics[-1]["rank_digests"]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4] + ([4] if strategy == "ddp" else [])  # one writer
     saved = torch.load(out / "prune_state.pth", weights_only=False)["model"]
-    assert len(digests) == 2 and digests[0] == digests[1] == state_digest(saved)
+    if strategy == "ddp":
+        digests = metrics[-1]["rank_digests"]
+        assert len(digests) == 2 and digests[0] == digests[1] == state_digest(saved)
+    else:  # one model in shards: the saved state is whole
+        assert "rank_digests" not in metrics[-1]
+        assert all(not hasattr(v, "to_local") for v in saved.values())
 
     config = Config.from_file(tiny_reference / "model_config.yaml")
     masks = PruningMasks(config, target)
@@ -243,3 +269,42 @@ def test_prune_ranks_hold_one_model_and_the_extracted_child_is_rank_zeros(tmp_pa
     masked = PrunableGPT(GPT(config), target)
     masked.load_state_dict(saved)
     assert (masked.masks.gates["hidden"].log_alpha - 5.0).abs().max() > 0.1  # the masks did train (init ~N(5, 0.01))
+
+
+SHARDS_SCRIPT = """
+import json, sys
+import torch
+from litgpt import GPT, Config
+from litgpt_inheritune import rundir
+
+fabric = rundir.launch(2, 1, "fsdp2", "32-true")  # the strategy every training command builds for --strategy fsdp2
+config = Config.from_file(sys.argv[1])
+with fabric.init_module(empty_init=True):
+    model = GPT(config)
+model = fabric.setup(model)
+optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters(), lr=1e-3))
+x = torch.randint(0, config.vocab_size, (2, 16))
+fabric.backward(model(x).float().logsumexp(-1).mean())
+optimizer.step()
+params = {n: [p.numel(), p.to_local().numel()] for n, p in model.named_parameters()}
+state = {n: optimizer.state[p]["exp_avg"].to_local().numel() for n, p in model.named_parameters()}
+print("SHARDS " + json.dumps({"rank": fabric.global_rank, "params": params, "exp_avg": state}), flush=True)
+"""
+
+
+def test_fsdp2_ranks_hold_half_of_every_parameter_and_of_the_optimizer_state(tmp_path, tiny_reference):
+    script = tmp_path / "shards.py"
+    script.write_text(SHARDS_SCRIPT)
+    output = litgpt([script, tiny_reference / "model_config.yaml"], environment(tmp_path), tmp_path,
+                    launcher=[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"])
+    reports = sorted((json.loads(line[len("SHARDS "):]) for line in output.splitlines() if line.startswith("SHARDS ")),
+                     key=lambda r: r["rank"])
+    assert [r["rank"] for r in reports] == [0, 1]
+    total = sum(full for full, _ in reports[0]["params"].values())
+    for name, (full, _) in reports[0]["params"].items():
+        locals_ = [r["params"][name][1] for r in reports]
+        assert sum(locals_) == full and max(locals_) <= -(-full // 2), name  # split along dim 0, none duplicated
+        assert [r["exp_avg"][name] for r in reports] == locals_, name  # AdamW's state is sharded alike
+    for report in reports:
+        held = sum(local for _, local in report["params"].values())
+        assert 0.45 * total <= held <= 0.55 * total

@@ -155,16 +155,26 @@ def test_refuse_resume_overwrite_mean_the_same_everywhere(tmp_path):
 
 def test_strategy_choice_before_any_work():
     with mock.patch.object(strategy, "_cuda", return_value=False):
-        assert strategy.resolve("auto", 2, 1) == "ddp"  # Lightning runs FSDP on GPUs only
+        assert strategy.resolve("auto", 2, 1) == "ddp"  # Lightning runs FSDP1 on GPUs only
         assert strategy.resolve("auto", 1, 1) == "single"
         assert strategy.resolve("ddp", 1, 2) == "ddp"
+        assert strategy.resolve("fsdp2", 2, 1) == "fsdp2"  # torch's fully_shard runs on CPU (gloo)
+        assert strategy.resolve("fsdp2", 1, 1) == "fsdp2"  # asked for by name: sharded over one process
         with pytest.raises(InherituneError, match="--strategy fsdp needs GPUs"):
             strategy.resolve("fsdp", 2, 1)
     with mock.patch.object(strategy, "_cuda", return_value=True), mock.patch("torch.cuda.device_count", return_value=8):
-        assert strategy.resolve("auto", 2, 1) == "fsdp"  # LitGPT's own choice
-        assert strategy.resolve("auto", "auto", 1) == "fsdp"
+        assert strategy.resolve("auto", 2, 1) == "fsdp2"  # the sharded path that is tested on CPU
+        assert strategy.resolve("auto", "auto", 1) == "fsdp2"
+        assert strategy.resolve("fsdp", 8, 1) == "fsdp"  # LitGPT's own FSDP1, for parity
         assert strategy.resolve("ddp", 8, 1) == "ddp"
-    with pytest.raises(InherituneError, match="auto, ddp or fsdp"):
+        assert strategy.resolve("auto", 1, 1) == "single"
+    from lightning.fabric.strategies import DDPStrategy, ModelParallelStrategy
+
+    built = strategy.fabric_strategy("fsdp2", 60, 4)
+    assert isinstance(built, ModelParallelStrategy) and built._save_distributed_checkpoint is False
+    assert isinstance(strategy.fabric_strategy("ddp", 60, 4), DDPStrategy)
+    assert strategy.fabric_strategy("single", 60) == "auto"
+    with pytest.raises(InherituneError, match="auto, ddp, fsdp or fsdp2"):
         strategy.resolve("deepspeed", 2, 1)
 
 

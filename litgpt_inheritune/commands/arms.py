@@ -49,7 +49,7 @@ def setup(
     compile: bool = True,
     resume: bool | Literal["auto"] = "auto",
     overwrite: bool = False,
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp", "fsdp2"] = "auto",
 ) -> None:
     """Train Inheritune's child next to baselines and ablations of the same shape, data and budget; compare them.
 
@@ -93,7 +93,7 @@ def setup(
         resume: ``auto`` (default) keeps the arms already in ``out_dir``, skips finished ones and resumes unfinished
             ones; ``true`` requires an earlier comparison there; ``false`` refuses one.
         overwrite: Delete an earlier comparison in ``out_dir`` and start again.
-        strategy: For several devices: ``fsdp``, ``ddp`` or ``auto`` (FSDP on GPUs, DDP on CPUs), as for
+        strategy: For several devices: ``fsdp2``, ``fsdp``, ``ddp`` or ``auto`` (fsdp2 on GPUs, ddp on CPUs), as for
             `litgpt inheritune`. Only global rank 0 evaluates the arms and writes the comparison.
     """
     arguments = dict(locals())

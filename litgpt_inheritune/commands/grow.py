@@ -49,7 +49,7 @@ def setup(
     compile: bool = True,
     overwrite: bool = False,
     resume: bool | Literal["auto"] = "auto",
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp", "fsdp2"] = "auto",
 ) -> None:
     """Inheritune v2: train children of growing depth until one matches the reference's validation loss.
 
@@ -82,7 +82,7 @@ def setup(
         overwrite: Delete an existing growth run in ``out_dir`` and start again.
         resume: ``auto`` (default) continues a growth run in ``out_dir`` started with the same settings, at its
             unfinished round; ``true`` requires one; ``false`` refuses an existing run.
-        strategy: For several devices: ``fsdp``, ``ddp`` or ``auto`` (FSDP on GPUs, DDP on CPUs), as for
+        strategy: For several devices: ``fsdp2``, ``fsdp``, ``ddp`` or ``auto`` (fsdp2 on GPUs, ddp on CPUs), as for
             `litgpt inheritune`. Only global rank 0 writes the table and evaluates the rounds.
     """
     arguments = dict(locals())

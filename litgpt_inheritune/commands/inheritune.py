@@ -51,7 +51,7 @@ def setup(
     select: Literal["first", "even", "block_influence", "angular_distance"] = "first",
     analysis: Path | None = None,
     speed: str = "none",
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp", "fsdp2"] = "auto",
 ) -> None:
     """Inheritune: give a child the first blocks of a reference model, then pretrain it with LitGPT.
 
@@ -93,9 +93,10 @@ def setup(
         speed: Options around LitGPT's loop (``litgpt_inheritune.speed``), e.g. ``fused_ce,checkpoint``: ``fused_ce``
             (chunked LM head + cross-entropy, same loss and gradients), ``checkpoint`` (activation checkpointing
             per block, for small GPUs), ``cudnn_attention``; ``default``, ``all`` or ``none``.
-        strategy: For several devices: ``fsdp`` (LitGPT's choice: shards the child), ``ddp`` (a whole copy per
-            device: faster when the child fits; the only one on CPUs) or ``auto`` (FSDP on GPUs, DDP on CPUs).
-            Only global rank 0 writes files; see ``litgpt_inheritune.rundir``.
+        strategy: For several devices: ``fsdp2`` (shards the child with torch's ``fully_shard``, per block; on
+            GPUs and CPUs), ``fsdp`` (LitGPT's FSDP1, GPUs only), ``ddp`` (a whole copy per device: faster when the
+            child fits) or ``auto`` (fsdp2 on GPUs, ddp on CPUs). Only global rank 0 writes files; see
+            ``litgpt_inheritune.rundir``.
     """
     arguments = dict(locals())
     run(**arguments)

@@ -42,7 +42,7 @@ def setup(
     seed: int = 42,
     resume: bool | Literal["auto"] = "auto",
     overwrite: bool = False,
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp", "fsdp2"] = "auto",
 ) -> None:
     """Targeted structured pruning (Sheared-LLaMA): a child of an exact target shape, with learned masks.
 
@@ -79,8 +79,9 @@ def setup(
         seed: The random seed (mask samples, data order).
         resume: ``auto`` continues an interrupted run in ``out_dir`` with the same settings; ``True`` requires one.
         overwrite: Delete a finished or interrupted run in ``out_dir`` and start again.
-        strategy: For several devices: ``fsdp`` (shards the model), ``ddp`` (a whole copy per device; the only one on
-            CPUs) or ``auto`` (FSDP on GPUs, DDP on CPUs). Only global rank 0 writes files.
+        strategy: For several devices: ``fsdp2`` (shards the model per block; GPUs and CPUs), ``fsdp`` (FSDP1, GPUs
+            only), ``ddp`` (a whole copy per device) or ``auto`` (fsdp2 on GPUs, ddp on CPUs). Only global rank 0
+            writes files.
     """
     final = prune(reference_dir=reference_dir, target=target, data=data, out_dir=out_dir, steps=steps, train=train,
                   eval=eval, lagrangian_warmup_steps=lagrangian_warmup_steps, lr=lr, mask_lr=mask_lr,

@@ -325,7 +325,7 @@ def run_arms(
     compile: bool = True,
     resume: bool | Literal["auto"] = "auto",
     overwrite: bool = False,
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp", "fsdp2"] = "auto",
 ) -> list[dict]:
     """The body of the command (``commands``), raising ``InherituneError`` on bad input; returns the table's rows
     (``aggregate``'s, with each arm's ``what``, ``layers``, ``lr_sweep`` and ``lr_rule``)."""

@@ -80,7 +80,7 @@ def grow(
     compile: bool = True,
     overwrite: bool = False,
     resume: bool | Literal["auto"] = "auto",
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp", "fsdp2"] = "auto",
     _train_run=None,
     _val_loss=None,
 ) -> list[dict]:

@@ -50,7 +50,7 @@ def prune(
     seed: int = 42,
     resume: bool | Literal["auto"] = "auto",
     overwrite: bool = False,
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp", "fsdp2"] = "auto",
 ) -> Path:
     """The body of the command (``commands``), raising ``InherituneError`` on bad input; returns the extracted checkpoint dir."""
     import lightning as L
