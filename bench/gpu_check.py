@@ -65,7 +65,7 @@ MEM24 = ["fused_ce+checkpoint@precision=bf16-true,optimizer=adamw8bit,mem=24"]
 ANCHOR = {"stock bf16-mixed mb 4": 40_100, "stock bf16-true mb 4": 44_100, "stock bf16-true mb 12 (best)": 46_300}
 GOAL = 1.3  # x the best stock setting
 SMOKE_MB, SMOKE_SEQ = 2, 32  # micro-batch and sequence length of the smoke's training commands
-SMOKE = ("inheritune", "arms", "prune", "width", "analyze", "grow", "evaluate")
+SMOKE = ("inheritune", "arms", "prune", "width", "analyze", "grow", "evaluate", "fsdp2", "fsdp")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
@@ -353,6 +353,22 @@ def smoke_commands(args, reference: Path, text: tuple[Path, Path], work: Path) -
             cpu_note.replace("bf16", "bf16-mixed"),
             out["grow"] / "rounds.json",
         ),
+        # the two sharded paths on one GPU (world size 1, asked for by name): torch's fully_shard and LitGPT's FSDP1
+        "fsdp2": (
+            ["inheritune", reference, "--n_layers", 2, *data("fsdp2"), *shared, *budget, "--strategy", "fsdp2",
+             "--devices", 1, "--precision", mixed, "--eval.interval", steps, "--train.save_interval", 1000,
+             "--compile", "false", "--logger_name", "csv", "--out_dir", out["fsdp2"]],
+            cpu_note.replace("bf16", "bf16-mixed"),
+            out["fsdp2"] / "best" / "lit_model.pth",
+        ),
+        "fsdp": (
+            ["inheritune", reference, "--n_layers", 2, *data("fsdp"), *shared, *budget,
+             "--strategy", "fsdp" if cuda else "fsdp2", "--devices", 1, "--precision", mixed,
+             "--eval.interval", steps, "--train.save_interval", 1000, "--compile", "false", "--logger_name", "csv",
+             "--out_dir", out["fsdp"]],
+            "" if cuda else "fsdp2 for fsdp (Lightning runs FSDP1 on CUDA only); 32-true for bf16-mixed",
+            out["fsdp"] / "final" / "lit_model.pth",
+        ),
         "evaluate": (
             ["inheritune_evaluate", reference, "--suite", "offline", "--limit", 4, "--device", args.device,
              "--out_dir", out["evaluate"]],
@@ -379,7 +395,8 @@ def first_error_line(text: str) -> str:
 
 def run_command(name: str, argv: list, expected: Path, note: str, budget: Budget, args, work: Path) -> dict:
     """One command as a subprocess of the real `litgpt` CLI, killed at its timeout or the budget's deadline."""
-    row = {"section": "smoke", "command": f"litgpt {argv[0]}", "notes": [note] if note else []}
+    label = f"litgpt {argv[0]}" + (f" --strategy {argv[argv.index('--strategy') + 1]}" if "--strategy" in argv else "")
+    row = {"section": "smoke", "command": label, "notes": [note] if note else []}
     left = budget.left("smoke")
     if left < args.min_command_s:
         row["status"] = "not run (budget)"
@@ -452,7 +469,7 @@ def smoke(args, budget: Budget, work: Path) -> list[dict]:
     tokenizer_dir, source = find_tokenizer(args.tokenizer_dir, work)
     reference = build_reference(work / "reference", tokenizer_dir)
     text = text_copy(write_pydoc_text(work / "pydoc"), work / "text" / "training")
-    if {"inheritune", "arms", "prune", "grow"} & set(args.smoke):
+    if {"inheritune", "arms", "prune", "grow", "fsdp2", "fsdp"} & set(args.smoke):
         prepare_text(reference, text, work / "cache")
     commands = smoke_commands(args, reference, text, work)
     print(f"=== smoke: reference and text ready in {time.monotonic() - t0:.1f} s (tokenizer: {source})", flush=True)

@@ -97,6 +97,9 @@ def test_every_smoke_command_parses_with_its_own_cli_on_cuda_and_cpu(tmp_path):
         else:
             assert "--kd_quantize" not in arms and train[train.index("--optimizer") + 1] == "torch.optim.AdamW"
         assert train[train.index("--speed") + 1] == "all"
+        for name, strategy in (("fsdp2", "fsdp2"), ("fsdp", "fsdp" if device == "cuda" else "fsdp2")):
+            argv = built[name][0]  # one process, sharded by name: the sharded code paths on one GPU
+            assert argv[argv.index("--strategy") + 1] == strategy and argv[argv.index("--devices") + 1] == 1
 
 def test_a_tiny_budget_trims_steps_and_commands_and_says_so(tmp_path, smollm2_tokenizer, monkeypatch):
     """In this process (the imports are already paid for): the smoke does not fit and does not start, each
@@ -117,7 +120,7 @@ def test_a_tiny_budget_trims_steps_and_commands_and_says_so(tmp_path, smollm2_to
         assert row["status"] in ("ok", "not run (budget)", "stopped (budget)"), row
         if row["status"] != "ok" or row["steps"] < 40:  # whatever was cut is listed
             assert any(t.startswith(f"throughput {row['requested']}:") for t in result["trimmed"])
-    assert all(r["status"] == "not run (budget)" for r in result["smoke"]) and len(result["smoke"]) == 7
+    assert all(r["status"] == "not run (budget)" for r in result["smoke"]) and len(result["smoke"]) == len(gpu_check_module().SMOKE)
     assert any(t.startswith("smoke: not run") for t in result["trimmed"])
     assert "## Trimmed to fit the budget" in markdown and "- nothing" not in markdown
     for line in result["trimmed"]:
