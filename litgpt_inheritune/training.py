@@ -122,6 +122,20 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
         elif not has_tokenizer(a.tokenizer_dir or a.reference_dir):
             raise InherituneError(f"{str(a.reference_dir)!r} has no tokenizer; pass --tokenizer_dir")
         checks.check_out_dir(out_dir, a.reference_dir, 0 if decision == "resume" else checks.child_bytes(plan))
+        resume_from = None  # found before any expensive work: a resume by another world is refused at once
+        if isinstance(resume, Path):
+            if not is_complete_checkpoint(resume):
+                raise InherituneError(f"--resume {str(resume)!r} is incomplete (cut short by a full disk or a kill); "
+                                      "give an earlier step-*/lit_model.pth")
+            resume_from = str(resume)
+        elif decision == "resume":  # the newest complete checkpoint; LitGPT would take the newest, complete or not
+            newest, skipped = newest_complete_checkpoint(out_dir)
+            if skipped:
+                print(f"warning: skipping incomplete checkpoint(s) {', '.join(str(p) for p in skipped)}; resuming "
+                      f"from {str(newest or initial)!r}")
+            resume_from = None if newest is None else str(newest)
+        if resume_from is not None:  # the same world size as the run being resumed
+            rundir.check_same_world(Path(resume_from).parent, fabric.world_size)
         max_seq_length = train.max_seq_length or plan.config.block_size
         # prepared before out_dir is touched: bad data leaves no half-started run behind
         a.data.connect(tokenizer=Tokenizer(a.tokenizer_dir or a.reference_dir), batch_size=train.micro_batch_size,
@@ -137,20 +151,6 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
             build_child(plan, initial, seed=a.seed, overwrite=False)
         print(f"Inherited blocks {plan.layers} ({list(plan.parts)}) of {plan.config.name} in "
               f"{time.perf_counter() - t0:.1f} s")
-        resume_from = None
-        if isinstance(resume, Path):
-            if not is_complete_checkpoint(resume):
-                raise InherituneError(f"--resume {str(resume)!r} is incomplete (cut short by a full disk or a kill); "
-                                      "give an earlier step-*/lit_model.pth")
-            resume_from = str(resume)
-        elif decision == "resume":  # the newest complete checkpoint; LitGPT would take the newest, complete or not
-            newest, skipped = newest_complete_checkpoint(out_dir)
-            if skipped:
-                print(f"warning: skipping incomplete checkpoint(s) {', '.join(str(p) for p in skipped)}; resuming "
-                      f"from {str(newest or initial)!r}")
-            resume_from = None if newest is None else str(newest)
-        if resume_from is not None:  # the same world size as the run being resumed
-            rundir.check_same_world(Path(resume_from).parent, fabric.world_size)
         has_step = resume_from is not None
         reference_losses = None
         if isinstance(a.data, DomainMixture) and a.data.dynamic and a.data.reference_losses is None and not has_step:

@@ -98,7 +98,7 @@ def srun_tasks(args: list, env: dict, tmp_path: Path, port: int, restart: int) -
     return tasks
 
 
-def test_two_nodes_every_launcher(tmp_path, tiny_reference, eight_samples):
+def test_two_nodes_every_launcher(tmp_path, tiny_reference, eight_samples, litgpt_cli):
     env = environment(tmp_path)
     data = ["--data.train_data_path", eight_samples[0], "--data.val_data_path", eight_samples[1]]
     args = ["inheritune", tiny_reference, *COMMON, *data]
@@ -127,10 +127,9 @@ def test_two_nodes_every_launcher(tmp_path, tiny_reference, eight_samples):
     while not (a / "step-00000004" / "lit_model.pth").is_file() or (a / "final").exists():
         assert all(p.poll() is None for p in nodes) and time.monotonic() < deadline, "ended before the kill"
         time.sleep(0.02)
-    second = subprocess.run([LITGPT, *map(str, args), "--out_dir", str(a), "--resume", "true"], env=env,
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 1 and "is in use by a live run" in second.stderr, second.stderr[-2000:]
-    assert f"pid {nodes[0].pid} on" in second.stderr  # names the live run (node 0's rank 0 holds the claim)
+    code, _, err = litgpt_cli(*args, "--out_dir", a, "--resume", "true")  # in this process: a start-up saved
+    assert code == 1 and "is in use by a live run" in err, err[-2000:]
+    assert f"pid {nodes[0].pid} on" in err  # names the live run (node 0's rank 0 holds the claim)
     os.killpg(nodes[1].pid, signal.SIGKILL)
     killed_at = time.monotonic()
     out, _ = nodes[0].communicate(timeout=120)
@@ -142,9 +141,8 @@ def test_two_nodes_every_launcher(tmp_path, tiny_reference, eight_samples):
 
     # Resuming with another world size is refused before any work; with the same one it ends where the
     # uninterrupted run ended.
-    one = subprocess.run([LITGPT, *map(str, args), "--out_dir", str(a), "--resume", "true"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
-    assert one.returncode == 1 and "trained by 2 processes and this launch has 1" in one.stderr, one.stderr[-2000:]
+    code, _, err = litgpt_cli(*args, "--out_dir", a, "--resume", "true")
+    assert code == 1 and "trained by 2 processes and this launch has 1" in err, err[-2000:]
     outputs = finish(lightning_nodes(args + ["--out_dir", a, "--resume", "true"], env, tmp_path, free_port()))
     resumed = weights(a)
     assert resumed["iter_num"] == STEPS
