@@ -71,6 +71,7 @@ def test_peer_failures_become_one_line():
 
     lost = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1")
     assert rundir.peer_failure(lost) and not rundir.peer_failure(RuntimeError("shape mismatch"))
+    assert not rundir.peer_failure(RuntimeError("ProcessGroupGloo does not support reduce_scatter of int8"))
     assert str(rundir.peers_lost(Rank(), lost)) == "rank 1 lost its peers (another rank ended or was killed; see its output)"
     timeout = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms")
     message = str(rundir.peers_lost(Rank(), timeout, waiting_for="preparing the run"))
