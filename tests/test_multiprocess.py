@@ -221,6 +221,10 @@ def test_grow_and_arms_write_one_set_of_outputs(tmp_path, tiny_reference, eight_
     assert (arms / "curves.png").stat().st_size > 0 and (arms / "arms.md").read_text().count("| inherit |") == 1
     for arm in ("inherit", "kd"):
         assert weights(arms / arm)["iter_num"] == 3
+        # best/ of a sharded run: gathered whole, and the row's best loss is read from it
+        assert set(weights(arms / arm, "best")["model"]) == set(weights(arms / arm)["model"])
+        assert json.loads((arms / arm / "best" / "best.json").read_text())["step"] in (2, 3)
+    assert all(run["best_from"] == "best/best.json" for r in table for run in r["runs"])
     # the distilled student (teacher whole on each rank, student sharded) trained otherwise than plain inheritance
     assert any(not torch.equal(v, weights(arms / "kd")["model"][k]) for k, v in weights(arms / "inherit")["model"].items())
     for directory in (grow, arms):
