@@ -85,7 +85,7 @@ def run(**arguments: Any) -> Path:
     with checks.text_cache_for(out_dir, a.num_nodes):
         # as LitGPT's pretrain.setup: build the Fabric and launch it; rank 0 then works, the others wait for it
         fabric = rundir.launch(a.devices, a.num_nodes, a.strategy, precision, loggers=[logger])
-        with rundir.Claim(out_dir) as claim, rundir.one_line_peer_errors(fabric):
+        with rundir.Claim(out_dir) as claim, rundir.one_line_peer_errors(fabric), fresh_compile_caches():
             return _train(fabric, claim, a, arguments, resume, precision)
 
 
@@ -220,6 +220,24 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
             optimizer=copy.deepcopy(a.optimizer),  # LitGPT adds keys to the dict it is given
         )
     return out_dir / "final"
+
+
+@contextmanager
+def fresh_compile_caches():
+    """After a run, forget what torch.compile traced and free what the run held. grow and arms train several models in
+    one process: dynamo would count each new model's graphs (train and no-grad, per depth) against its per-function
+    recompile limit (8) and silently run the later rounds eager."""
+    import gc
+
+    import torch
+
+    try:
+        yield
+    finally:
+        torch._dynamo.reset()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 @contextmanager

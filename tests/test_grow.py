@@ -1,6 +1,7 @@
 """`litgpt inheritune_grow` end to end on a tiny reference and real text: rounds, stopping, resuming, bad input."""
 
 import json
+import logging
 
 import pytest
 from litgpt.args import EvalArgs, TrainArgs
@@ -41,8 +42,32 @@ def test_round_depths_and_targets():
             call()
 
 
-def test_grows_until_the_reference_depth_when_the_target_is_out_of_reach(tmp_path, tiny_reference, text_dirs):
-    rows = grow(**arguments(tmp_path, tiny_reference, text_dirs, target=0.5))
+class RecompileLimit(logging.Handler):
+    """Dynamo's warnings that a function hit its recompile limit (after which it runs eager, silently slower)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        if "recompile_limit" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
+def test_grows_until_the_reference_depth_when_the_target_is_out_of_reach(tmp_path, tiny_reference, text_dirs,
+                                                                         monkeypatch):
+    # compiled, as users run it: each round's model is compiled afresh. The limit is lowered from dynamo's 8 to 4 so that
+    # 3 rounds would hit it if the rounds' graphs (a train and a no-grad one per depth) piled up in one cache.
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 4)
+    warnings = RecompileLimit()
+    logging.getLogger("torch._dynamo").addHandler(warnings)
+    try:
+        rows = grow(**arguments(tmp_path, tiny_reference, text_dirs, target=0.5, compile=True))
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(warnings)
+    assert warnings.messages == []
     assert [r["n_layers"] for r in rows] == [2, 4, 6] and not any(r["matched"] for r in rows)
     out = tmp_path / "grow"
     assert json.loads((out / "rounds.json").read_text()) == rows
