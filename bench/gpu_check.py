@@ -25,13 +25,20 @@ Budget: the throughput runs are trimmed to the steps that fit their share (measu
 below warm-up + 2 steps), a run that would not fit is not run, a run past its share is stopped, a smoke command
 is not started with less than ``--min_command_s`` left and is killed at the deadline. Everything trimmed is listed.
 
-On a CPU (``--device cpu``) the options that need CUDA are replaced by their CPU equivalents and the row says so:
-bf16 precisions by 32-true, 8-bit AdamW by AdamW, the bnb.nf4 teacher by a float32 teacher, the 24 GiB allocator
-cap is dropped; ``cudnn_attention`` stays on and falls back to the CPU's attention kernels. ``--tiny`` uses
-``train_speed.py``'s 2-block width-64 shape for the throughput sections. Nothing reaches the network.
+On a CPU (``--device cpu``) only what needs CUDA is replaced, and each row says what: 8-bit AdamW by AdamW,
+``cudnn_attention`` is dropped (PyTorch's cuDNN attention is CUDA only), the 24 GiB allocator cap is dropped and
+Lightning's FSDP1 (CUDA only) becomes fsdp2. Everything else runs as on a GPU: bf16-true and bf16-mixed,
+torch.compile (``--compile auto`` is on everywhere), the bnb.nf4 teacher (bitsandbytes' CPU kernels). ``--tiny``
+uses ``train_speed.py``'s 2-block width-64 shape for the throughput sections. Nothing reaches the network.
+
+cuDNN's fused attention takes only some shapes (head size a multiple of 8, at most 128 or 256 by GPU and cuDNN
+version): before a ``cudnn_attention`` run, PyTorch's own check (``torch.backends.cuda.can_use_cudnn_attention``)
+is asked about the model's attention shape, and a row whose shape cuDNN does not take says that it measures the
+fall-back kernels (OpenLLaMA-3B's head size is 100).
 
 Output: ``OUT_DIR/gpu_check.json`` (every row, the header, what was trimmed) and ``OUT_DIR/gpu_check.md`` (the
-same tables, rendered from that JSON); the summary table is printed last. Exit status 1 if a row failed.
+same tables, rendered from that JSON), both rewritten after every section, so a failure later keeps the rows
+before it; the summary table is printed last. Exit status 1 if a row failed.
 """
 
 from __future__ import annotations
@@ -114,24 +121,44 @@ def plan_steps(steps: int, warmup: int, allowance: float, overhead_s: float, ste
 
 
 def cpu_equivalent(spec: str) -> tuple[str, list[str]]:
-    """A run spec with what needs CUDA replaced by its CPU equivalent, and what was replaced."""
+    """A run spec with what needs CUDA (and only that) replaced for a CPU, and what was replaced."""
     name, options, overrides = train_speed.parse_spec(spec)
     notes = []
-    if overrides.get("precision", "").startswith("bf16"):
-        notes.append(f"{overrides['precision']} -> 32-true")
-        overrides["precision"] = "32-true"
     if overrides.get("optimizer") == "adamw8bit":
         notes.append("adamw8bit -> adamw (bitsandbytes' 8-bit AdamW is CUDA only)")
         overrides["optimizer"] = "adamw"
     if "mem" in overrides:
         notes.append(f"no {overrides.pop('mem')} GiB cap (a CUDA allocator setting)")
     if options and "cudnn_attention" in options:
-        notes.append("cudnn_attention falls back to the CPU's attention kernels")
+        notes.append("cudnn_attention dropped (cuDNN attention is CUDA only)")
+        options = [o for o in options if o != "cudnn_attention"]
     body = "stock" if options is None else "+".join(options) if options else "none"
     if overrides:
         body += "@" + ",".join(f"{k}={v}" for k, v in overrides.items())
     suffix = "#" + name.split("#", 1)[1] if "#" in name else ""
     return body + suffix, notes
+
+
+def cudnn_attention_note(config, dtype: torch.dtype = torch.bfloat16) -> str | None:
+    """None when PyTorch's cuDNN attention takes this model's attention shape on this GPU (causal, its head size and
+    head counts, the run's dtype); else the row's note, with PyTorch's reasons."""
+    import warnings
+
+    from torch.backends.cuda import SDPAParams, can_use_cudnn_attention
+
+    shape = (1, config.n_head, 64, config.head_size)
+    q = torch.zeros(shape, dtype=dtype, device="cuda")
+    kv = torch.zeros((1, config.n_query_groups, 64, config.head_size), dtype=dtype, device="cuda")
+    if config.n_query_groups != config.n_head:  # LitGPT expands the key/value heads before SDPA
+        kv = kv.repeat_interleave(config.n_head // config.n_query_groups, dim=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        eligible = can_use_cudnn_attention(SDPAParams(q, kv, kv, None, 0.0, True, False), debug=True)
+    if eligible:
+        return None
+    reasons = "; ".join(str(w.message).strip() for w in caught)[:200] or "no reason given"
+    return (f"cuDNN attention does not take head size {config.head_size} here ({reasons}): this row measures the "
+            "fall-back kernels")
 
 
 def speed_args(args, steps: int) -> argparse.Namespace:
@@ -150,6 +177,10 @@ def run_section(section: str, specs: list[str], args, budget: Budget, rates: dic
     rows = []
     for i, requested in enumerate(specs):
         spec, notes = cpu_equivalent(requested) if args.device == "cpu" else (requested, [])
+        options = train_speed.parse_spec(spec)[1]
+        if args.device == "cuda" and options and "cudnn_attention" in options:
+            note = cudnn_attention_note(args.config)
+            notes += [note] if note else ["cuDNN attention takes this shape (PyTorch's check)"]
         allowance = budget.left(section) / (len(specs) - i)
         steps = plan_steps(args.steps, args.warmup, allowance, rates["overhead_s"], rates["step_s"])
         row: dict = {"section": section, "requested": requested, "run": spec, "notes": notes}
@@ -290,8 +321,7 @@ def text_copy(source: tuple[Path, Path], target: Path, train_files: int = 24) ->
 def smoke_commands(args, reference: Path, text: tuple[Path, Path], work: Path) -> dict[str, tuple[list, str, Path]]:
     """Per command: its `litgpt` arguments, what was replaced on a CPU, and the file it must write."""
     cuda = args.device == "cuda"
-    precision = "bf16-true" if cuda else "32-true"
-    mixed = "bf16-mixed" if cuda else "32-true"
+    precision, mixed = "bf16-true", "bf16-mixed"  # on the CPU as well
     steps = args.smoke_steps
     mb, seq = SMOKE_MB, SMOKE_SEQ
 
@@ -303,25 +333,24 @@ def smoke_commands(args, reference: Path, text: tuple[Path, Path], work: Path) -
               "--train.lr_warmup_steps", 1, "--train.log_interval", 1, "--eval.max_iters", 1,
               "--eval.initial_validation", "false", "--eval.final_validation", "false"]
     budget = ["--train.epochs", "null", "--train.max_tokens", steps * mb * seq]
-    cpu_note = "; ".join([] if cuda else ["32-true for bf16"])
     out = {name: work / "out" / name for name in SMOKE}
     # The string form: `--optimizer '{class_path: ..., init_args: ...}'` fails in jsonargparse over this default.
     optimizer = "bitsandbytes.optim.AdamW8bit" if cuda else "torch.optim.AdamW"
     commands = {
         "inheritune": (
-            ["inheritune", reference, "--n_layers", 2, *data("inheritune"), *shared, *budget, "--speed", "all",
-             "--precision", precision, "--optimizer", optimizer, "--eval.interval", 1000,
-             "--train.save_interval", 1000, "--compile", "false", "--logger_name", "csv",
+            ["inheritune", reference, "--n_layers", 2, *data("inheritune"), *shared, *budget, "--speed",
+             "all" if cuda else "fused_ce,checkpoint", "--precision", precision, "--optimizer", optimizer,
+             "--eval.interval", 1000, "--train.save_interval", 1000, "--compile", "false", "--logger_name", "csv",
              "--out_dir", out["inheritune"]],
-            "; ".join([] if cuda else ["32-true for bf16-true", "AdamW for 8-bit AdamW (CUDA only)",
-                                      "cudnn_attention falls back to CPU kernels"]),
+            "; ".join([] if cuda else ["AdamW for 8-bit AdamW (CUDA only)",
+                                      "--speed all without cudnn_attention (CUDA only)"]),
             out["inheritune"] / "final" / "lit_model.pth",
         ),
         "arms": (
             ["inheritune_arms", reference, "--n_layers", 2, "--arms", "[kd]", *data("arms"), *shared, *budget,
-             "--eval.interval", steps, "--precision", mixed, "--compile", "false",
-             *(["--kd_quantize", "bnb.nf4"] if cuda else []), "--out_dir", out["arms"]],
-            "; ".join([] if cuda else ["32-true for bf16-mixed", "float32 teacher for bnb.nf4 (CUDA only)"]),
+             "--eval.interval", steps, "--precision", mixed, "--compile", "false", "--kd_quantize", "bnb.nf4",
+             "--out_dir", out["arms"]],
+            "",
             out["arms"] / "arms.json",
         ),
         "prune": (
@@ -329,7 +358,7 @@ def smoke_commands(args, reference: Path, text: tuple[Path, Path], work: Path) -
              json.dumps({"n_layer": 4, "n_embd": 48, "n_head": 2, "n_query_groups": 1, "intermediate_size": 80}),
              *data("prune"), *shared, "--steps", steps, "--lagrangian_warmup_steps", 1, "--eval.interval", steps,
              "--train.save_interval", 1000, "--lr", 0.001, "--precision", mixed, "--out_dir", out["prune"]],
-            cpu_note.replace("bf16", "bf16-mixed"),
+            "",
             out["prune"] / "final" / "lit_model.pth",
         ),
         "width": (
@@ -337,20 +366,20 @@ def smoke_commands(args, reference: Path, text: tuple[Path, Path], work: Path) -
              json.dumps({"n_layer": 2, "n_embd": 32, "n_head": 2, "n_query_groups": 1, "intermediate_size": 64}),
              "--data", text_copy(text, work / "text" / "width")[0], "--n_sequences", 4, "--seq_len", seq,
              "--device", args.device, "--out_dir", out["width"]],
-            "" if cuda else "float32 on the CPU for bf16 on CUDA",
+            "" if cuda else "float32: the command's choice on a CPU (bf16 on CUDA)",
             out["width"] / "lit_model.pth",
         ),
         "analyze": (
             ["inheritune_analyze", reference, "--data", text_copy(text, work / "text" / "analyze")[0],
              "--n_sequences", 4, "--seq_len", seq, "--device", args.device, "--out_dir", out["analyze"]],
-            "" if cuda else "float32 on the CPU for bf16 on CUDA",
+            "" if cuda else "float32: the command's choice on a CPU (bf16 on CUDA)",
             out["analyze"] / "analysis.json",
         ),
         "grow": (
             ["inheritune_grow", reference, *data("grow"), *shared, "--steps", steps, "--n_layers_start", 4,
              "--grow_by", 2, "--tolerance", 1000, "--eval.interval", 1000, "--train.save_interval", 1000,
              "--precision", mixed, "--compile", "false", "--out_dir", out["grow"]],
-            cpu_note.replace("bf16", "bf16-mixed"),
+            "",
             out["grow"] / "rounds.json",
         ),
         # the two sharded paths on one GPU (world size 1, asked for by name): torch's fully_shard and LitGPT's FSDP1
@@ -358,7 +387,7 @@ def smoke_commands(args, reference: Path, text: tuple[Path, Path], work: Path) -
             ["inheritune", reference, "--n_layers", 2, *data("fsdp2"), *shared, *budget, "--strategy", "fsdp2",
              "--devices", 1, "--precision", mixed, "--eval.interval", steps, "--train.save_interval", 1000,
              "--compile", "false", "--logger_name", "csv", "--out_dir", out["fsdp2"]],
-            cpu_note.replace("bf16", "bf16-mixed"),
+            "",
             out["fsdp2"] / "best" / "lit_model.pth",
         ),
         "fsdp": (
@@ -366,7 +395,7 @@ def smoke_commands(args, reference: Path, text: tuple[Path, Path], work: Path) -
              "--strategy", "fsdp" if cuda else "fsdp2", "--devices", 1, "--precision", mixed,
              "--eval.interval", steps, "--train.save_interval", 1000, "--compile", "false", "--logger_name", "csv",
              "--out_dir", out["fsdp"]],
-            "" if cuda else "fsdp2 for fsdp (Lightning runs FSDP1 on CUDA only); 32-true for bf16-mixed",
+            "" if cuda else "fsdp2 for fsdp (Lightning runs FSDP1 on CUDA only)",
             out["fsdp"] / "final" / "lit_model.pth",
         ),
         "evaluate": (
@@ -579,8 +608,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--global_batch", type=int, default=12, help="shared by every run (a multiple of every mb)")
     p.add_argument("--steps", type=int, default=None, help="steps per run before trimming (default 16; 6 --tiny)")
     p.add_argument("--warmup", type=int, default=None, help="steps left out of the timing (default 4; 2 --tiny)")
-    p.add_argument("--precision", default=None, help="stock's precision (default: bf16-mixed; 32-true on CPU)")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="auto: on CUDA only")
+    p.add_argument("--precision", default="bf16-mixed", help="stock's precision (LitGPT's default)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="auto: on (CPU and CUDA)")
     p.add_argument("--est_overhead_s", type=float, default=None, help="start-up + compile of a run before one "
                    "is measured (default 45 on CUDA, 5 on CPU)")
     p.add_argument("--est_tokens_per_s", type=float, default=None, help="throughput assumed before one run is "
@@ -617,8 +646,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.warmup = args.warmup if args.warmup is not None else (2 if args.tiny else 4)
     if args.warmup + 2 > args.steps:
         raise SystemExit(f"error: --steps {args.steps} must be at least --warmup {args.warmup} + 2")
-    args.precision = args.precision or ("bf16-mixed" if cuda else "32-true")
-    args.compile = args.compile == "on" or (args.compile == "auto" and cuda)
+    args.compile = args.compile in ("on", "auto")
     args.jobs = args.jobs or (4 if cuda else 2)
     args.min_command_s = args.min_command_s if args.min_command_s is not None else (40.0 if cuda else 30.0)
     device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
@@ -644,11 +672,13 @@ def main(argv: list[str] | None = None) -> dict:
     rates = {"overhead_s": args.est_overhead_s if args.est_overhead_s is not None else (45.0 if cuda else 5.0),
              "step_s": tokens_per_step / est_tps, "measured": False}
     train_speed.L.seed_everything(args.seed, verbose=False)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     for section in ("throughput", "mem24"):
         if section in sections:
             result[section] = run_section(section, specs[section], args, budget, rates)
-    compare(result["throughput"] + result["mem24"])
-    result["goal"] = goal_line(result["throughput"])
+            compare(result["throughput"] + result["mem24"])
+            result["goal"] = goal_line(result["throughput"])
+            save(result, budget, args.out_dir)
     if "smoke" in sections:
         work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
         try:
@@ -658,13 +688,22 @@ def main(argv: list[str] | None = None) -> dict:
                 result["notes"].append(f"Smoke work dir (logs): {work}")
             else:
                 shutil.rmtree(work, ignore_errors=True)
-    result["wall_s"] = budget.elapsed()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    markdown = render(result)
-    (args.out_dir / "gpu_check.md").write_text(markdown)
+    markdown = save(result, budget, args.out_dir)
     print("\n" + markdown, flush=True)
     return result
+
+
+def save(result: dict, budget: Budget, out_dir: Path) -> str:
+    """Writes the JSON and the Markdown report of what has run so far (each through a temp name, then renamed);
+    returns the Markdown."""
+    result["wall_s"] = budget.elapsed()
+    markdown = render(result)
+    for name, text in (("gpu_check.json", json.dumps(result, indent=2, default=str) + "\n"),
+                       ("gpu_check.md", markdown)):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)
+    return markdown
 
 
 if __name__ == "__main__":
