@@ -76,9 +76,11 @@ def float_teacher_logits(tiny_reference):
         return ids, model.eval()(ids)
 
 
-@pytest.mark.parametrize(("quantize", "storage", "kind", "cosine"),
-                         [(None, torch.float32, torch.nn.Parameter, 0.999999), ("bnb.nf4", torch.uint8, bnb.nn.Params4bit, 0.98),
-                          ("bnb.int8", torch.int8, bnb.nn.Int8Params, 0.999)])
+@pytest.mark.parametrize(("quantize", "storage", "kind", "cosine"), [
+    (None, torch.float32, torch.nn.Parameter, 0.999999),
+    ("bnb.nf4", torch.uint8, bnb.nn.Params4bit, 0.98),
+    ("bnb.int8", torch.int8, bnb.nn.Int8Params, 0.999),
+])
 def test_teacher_is_built_on_the_device_in_its_storage_and_matches_the_float_model(
         tiny_reference, float_teacher_logits, quantize, storage, kind, cosine):
     ids, expected = float_teacher_logits

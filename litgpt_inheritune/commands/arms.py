@@ -78,7 +78,7 @@ def setup(
         optimizer: An optimizer name or config.
         kd_temperature: Softmax temperature of the distillation loss.
         kd_alpha: Weight of the cross-entropy on the data; 1 - alpha weighs the KL to the teacher.
-        kd_quantize: Load the teacher in 4-bit (``bnb.nf4``) or 8-bit (``bnb.int8``) with bitsandbytes (CUDA only).
+        kd_quantize: Load the teacher in 4-bit (``bnb.nf4``) or 8-bit (``bnb.int8``) with bitsandbytes (CUDA or CPU).
         devices: How many devices/GPUs to use.
         num_nodes: How many nodes the code is being run on.
         seed: The random seed of every arm when ``seeds`` is not given.
