@@ -1,6 +1,7 @@
 """The width and pruning commands end to end on a tiny llama-shaped reference (GQA, tied embeddings) with SmolLM2's
 real tokenizer and real English text: exact target shapes, loadable checkpoints, importance that sees a dead query
-group, resumption, bad input."""
+group, resumption (a DomainMixture's weights included), memory options that leave the gradients as they were,
+bad input."""
 
 import json
 from pathlib import Path
@@ -13,9 +14,11 @@ from litgpt.args import EvalArgs, TrainArgs
 from litgpt.data import TextFiles
 
 from litgpt_inheritune.errors import InherituneError
-from litgpt_inheritune.pruning.masks import PruningMasks
+from litgpt_inheritune.pruning.masks import PrunableGPT, PruningMasks
 from litgpt_inheritune.pruning.training import prune
 from litgpt_inheritune.pruning.width import build_width_child
+
+from test_data_mixture import text_mixture  # noqa: F401  (a fixture: two real domains, tokenized)
 
 TARGET = {"n_layer": 4, "n_embd": 24, "n_head": 2, "n_query_groups": 1, "intermediate_size": 40}
 
@@ -102,8 +105,6 @@ def test_prune_extracts_the_target_shape(tmp_path, tiny_reference, text_dirs):
     record = json.loads((final / "inheritune.json").read_text())
     assert record["method"] == "prune" and len(record["layers"]) == 4
     # The extracted child computes what the trained masked model computes with its deterministic masks.
-    from litgpt_inheritune.pruning.masks import PrunableGPT
-
     saved = torch.load(tmp_path / "prune" / "prune_state.pth", weights_only=False)["model"]
     reference_config = Config.from_file(tiny_reference / "model_config.yaml")
     masked_model = PrunableGPT(GPT(reference_config), TARGET)
@@ -131,7 +132,8 @@ def test_prune_resumes_where_it_stopped(tmp_path, tiny_reference, text_dirs):
     assert not (tmp_path / "resumed" / "final").exists()
     with pytest.raises(InherituneError, match="other settings"):
         run_prune(tiny_reference, text_dirs, tmp_path / "resumed", steps=7)
-    resumed = run_prune(tiny_reference, text_dirs, tmp_path / "resumed", steps=6)  # resume defaults to auto: from step 2
+    # resume defaults to auto: from step 2; the second half recomputes every block in backward, to the same numbers
+    resumed = run_prune(tiny_reference, text_dirs, tmp_path / "resumed", steps=6, speed="checkpoint")
     a, b = torch.load(straight / "lit_model.pth"), torch.load(resumed / "lit_model.pth")
     assert a.keys() == b.keys()
     for key in a:
@@ -143,7 +145,14 @@ def test_prune_resumes_where_it_stopped(tmp_path, tiny_reference, text_dirs):
 
 
 def test_prune_refuses_bad_input_before_work(tmp_path, tiny_reference, text_dirs):
+    from dataclasses import replace
+
     with mock.patch("lightning.Fabric", side_effect=AssertionError("no work")):
+        with pytest.raises(InherituneError, match=r"max_seq_length 4096 is longer than the reference's block_size 128; "
+                                                  r"pass --train.max_seq_length 128 or less"):
+            prune(tiny_reference, TARGET, TextFiles(text_dirs[0]), tmp_path / "p", 2, replace(TRAIN, max_seq_length=4096), EVAL)
+        with pytest.raises(InherituneError, match="fused_ce"):
+            prune(tiny_reference, TARGET, TextFiles(text_dirs[0]), tmp_path / "p", 2, TRAIN, EVAL, speed="fused_ce")
         with pytest.raises(InherituneError, match="heads per key/value group"):
             prune(tiny_reference, {"n_head": 4, "n_query_groups": 1}, TextFiles(text_dirs[0]), tmp_path / "p", 2, TRAIN, EVAL)
         with pytest.raises(InherituneError, match="--steps"):
@@ -151,3 +160,83 @@ def test_prune_refuses_bad_input_before_work(tmp_path, tiny_reference, text_dirs
         with pytest.raises(InherituneError, match="--data is required"):
             prune(tiny_reference, TARGET, None, tmp_path / "p", 2, TRAIN, EVAL)
     assert not (tmp_path / "p").exists()
+
+
+def test_prune_defaults_to_litgpts_precision(tmp_path, tiny_reference, text_dirs):
+    from litgpt.utils import get_default_supported_precision
+
+    with mock.patch("litgpt_inheritune.rundir.launch", side_effect=KeyboardInterrupt) as launch:
+        with pytest.raises(KeyboardInterrupt):
+            prune(tiny_reference, TARGET, TextFiles(text_dirs[0]), tmp_path / "p", 2, TRAIN, EVAL)
+    assert launch.call_args.args[3] == get_default_supported_precision(training=True) == "bf16-mixed"
+
+
+def test_memory_savers_leave_the_gradients_as_they_were(tiny_reference):
+    """The gated projections' inputs (which keep only the product), the recomputed masked norms and activation
+    checkpointing of every block give the gradients of plain autograd over the same masked model, masks included."""
+    from litgpt_inheritune import speed
+
+    config = Config.from_file(tiny_reference / "model_config.yaml")
+    reference = GPT(config)
+    reference.load_state_dict(torch.load(tiny_reference / "lit_model.pth"))
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+
+    def gradients(plain: bool, checkpointing: bool) -> dict:
+        torch.manual_seed(1)
+        with mock.patch("torch.utils.checkpoint.checkpoint", lambda f, *a, **k: f(*a)) if plain else mock.MagicMock():
+            model = PrunableGPT(GPT(config), TARGET)  # the hooks take checkpoint when they are registered
+        model.gpt.load_state_dict(reference.state_dict())
+        with torch.no_grad():
+            for gate in model.masks.gates.values():
+                gate.log_alpha.uniform_(-2.0, 4.0)  # samples spread over [0, 1], some exactly 0 or 1
+        model.generator = torch.Generator().manual_seed(2)
+        model.train()
+        with (mock.patch("litgpt_inheritune.pruning.masks.scale_last", lambda x, s: x * s.to(x.dtype)) if plain
+              else mock.MagicMock()), (speed.checkpoint_blocks() if checkpointing else mock.MagicMock()):
+            logits, constraint = model(ids[:, :-1], lagrangian=(1, 2))
+            (torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()) + constraint).backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    expected = gradients(plain=True, checkpointing=False)
+    assert all(expected[f"masks.gates.{t}.log_alpha"].abs().sum() > 0 for t in ("layer", "group", "intermediate", "hidden"))
+    for checkpointing in (False, True):
+        got = gradients(plain=False, checkpointing=checkpointing)
+        assert got.keys() == expected.keys()
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_resumed_prune_keeps_the_domain_weights_it_reached(tmp_path, tiny_reference, text_mixture):  # noqa: F811
+    """Dynamic batch loading moved the weights at step 2; interrupted at step 3 and resumed from the step-2 save, the
+    run updates those weights at step 4, not the initial ones."""
+    from litgpt_inheritune.data.dbl import dbl_update
+    from litgpt_inheritune.data.mixture import DomainMixture
+
+    references = {"code": 9.0, "prose": 11.0}
+    out = tmp_path / "prune"
+
+    def run():
+        data = DomainMixture(text_mixture, num_workers=0, dynamic=True, reference_losses=references)
+        return prune(tiny_reference, {"n_layer": 4, "n_embd": 24}, data, out, 4,
+                     TrainArgs(save_interval=2, log_interval=1, global_batch_size=2, micro_batch_size=2,
+                               lr_warmup_steps=1, max_seq_length=32, max_norm=1.0, min_lr=1e-5),
+                     EvalArgs(interval=2, max_iters=2), precision="32-true")
+
+    original, calls = PruningMasks.clamp_, {"n": 0}
+
+    def interrupt_at_three(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    with mock.patch.object(PruningMasks, "clamp_", interrupt_at_three), pytest.raises(KeyboardInterrupt):
+        run()
+    run()
+    evals = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "domain_weights" in r}
+    assert sorted(evals) == [2, 4]
+    initial = DomainMixture(text_mixture).initial_weights()
+    assert evals[2]["domain_weights"] != pytest.approx(initial)
+    expected = dbl_update(evals[2]["domain_weights"], evals[4]["domain_losses"], references)
+    assert evals[4]["domain_weights"] == pytest.approx(expected, rel=1e-9)
+    assert evals[4]["domain_weights"] != pytest.approx(dbl_update(initial, evals[4]["domain_losses"], references))

@@ -27,7 +27,7 @@ def setup(
         global_batch_size=32,
         micro_batch_size=4,
         lr_warmup_steps=320,
-        max_seq_length=4096,
+        max_seq_length=None,
         max_norm=1.0,
         min_lr=1e-5,
     ),
@@ -36,7 +36,8 @@ def setup(
     mask_lr: float = 1.0,
     lambda_lr: float = 1.0,
     weight_decay: float = 0.0,
-    precision: Literal["bf16-true", "bf16-mixed", "32-true", None] = None,
+    precision: Literal["bf16-true", "bf16-mixed", "16-true", "16-mixed", "32-true", None] = None,
+    speed: str = "none",
     devices: int | str = 1,
     num_nodes: int = 1,
     seed: int = 42,
@@ -66,14 +67,18 @@ def setup(
         out_dir: Directory for the run and the extracted child (``out_dir/final``).
         steps: Optimizer steps (Sheared-LLaMA: 3,200 of 32 x 4,096 tokens).
         lagrangian_warmup_steps: Steps over which the target sparsity rises from 0 (default: 20% of ``steps``).
-        train: Batch sizes, sequence length, learning-rate warm-up, ``min_lr`` (cosine floor), ``max_norm``,
-            ``save_interval`` (steps between resumable saves) and ``log_interval``, as for `litgpt pretrain`.
+        train: Batch sizes, sequence length (``max_seq_length``, at most and by default the reference's block_size;
+            Sheared-LLaMA: 4,096), learning-rate warm-up, ``min_lr`` (cosine floor), ``max_norm``, ``save_interval``
+            (steps between resumable saves) and ``log_interval``, as for `litgpt pretrain`.
         eval: ``interval`` (steps between validations of the target-shaped model) and ``max_iters``.
         lr: Learning rate of the model's weights.
         mask_lr: Learning rate of the masks' log-alphas (Sheared-LLaMA: 1.0).
         lambda_lr: Learning rate of the Lagrange multipliers, which follow gradient ascent (Sheared-LLaMA: 1.0).
         weight_decay: Weight decay of the model's weights.
-        precision: The precision to train in.
+        precision: The precision to train in; default, as `litgpt pretrain`: bf16-mixed (16-mixed on GPUs without bf16).
+        speed: Memory and speed options, as `litgpt inheritune --speed`: ``checkpoint`` (activation checkpointing: every
+            block recomputed in the backward pass, about a third more compute, for larger micro-batches or longer
+            sequences) and ``cudnn_attention``; ``none`` (default). No ``torch.compile`` option.
         devices: How many devices/GPUs to use (see ``strategy``).
         num_nodes: How many nodes the code is being run on.
         seed: The random seed (mask samples, data order).
@@ -85,7 +90,7 @@ def setup(
     """
     final = prune(reference_dir=reference_dir, target=target, data=data, out_dir=out_dir, steps=steps, train=train,
                   eval=eval, lagrangian_warmup_steps=lagrangian_warmup_steps, lr=lr, mask_lr=mask_lr,
-                  lambda_lr=lambda_lr, weight_decay=weight_decay, precision=precision, devices=devices,
+                  lambda_lr=lambda_lr, weight_decay=weight_decay, precision=precision, speed=speed, devices=devices,
                   num_nodes=num_nodes, seed=seed, resume=resume, overwrite=overwrite, strategy=strategy)
     if is_rank_zero():  # printed once
         print(f"Wrote the pruned child to {str(final)!r}")

@@ -11,7 +11,9 @@ then L2 over sequences, the combination Minitron reports best):
   sqrt(sum_b (mean_s |n_{b,s,e}|)^2), ``n`` that norm's output.
 
 Absolute values are taken before the mean so that channels whose activations change sign are not scored as
-unused. Hooks only read activations; the model's outputs are untouched.
+unused. Hooks only read activations; the model's outputs are untouched. Each hook reduces its activation at once
+(absolute values and norms in the model's dtype, sums over positions accumulated in float32) and keeps only the
+per-sequence means, never a float32 copy of an activation.
 """
 
 from __future__ import annotations
@@ -32,14 +34,18 @@ def activation_importance(model, sequences, batch_size: int = 4) -> dict:
     def add(kind, index, per_sequence):  # per_sequence [B, units]: the sequence means, squared and summed over B
         sums[kind][index] += per_sequence.double().pow(2).sum(0).cpu()
 
+    def mean_abs(x):  # [B, T, units] -> [B, units] in float32, from one |x| in x's dtype
+        return x.abs().sum(1, dtype=torch.float32) / x.shape[1]
+
     handles = []
     for i, block in enumerate(model.transformer.h):
         def head_hook(module, args, i=i):
             y = args[0]
-            add("head", i, y.unflatten(-1, (config.n_head, hs)).float().norm(dim=-1).mean(1))
+            norms = torch.linalg.vector_norm(y.unflatten(-1, (config.n_head, hs)), dim=-1, dtype=torch.float32)
+            add("head", i, norms.mean(1))  # [B, T, H] only
 
         def mlp_hook(module, args, i=i):
-            add("intermediate", i, args[0].float().abs().mean(1))
+            add("intermediate", i, mean_abs(args[0]))
 
         handles.append(block.attn.proj.register_forward_pre_hook(head_hook))
         handles.append(block.mlp.proj.register_forward_pre_hook(mlp_hook))
@@ -48,7 +54,7 @@ def activation_importance(model, sequences, batch_size: int = 4) -> dict:
                 continue
 
             def norm_hook(module, args, output, index=(i, k)):
-                add("hidden", index, output.float().abs().mean(1))
+                add("hidden", index, mean_abs(output))
 
             handles.append(norm.register_forward_hook(norm_hook))
     device = next(model.parameters()).device

@@ -17,6 +17,11 @@ The masked model is LitGPT's own ``GPT`` with hooks: head gates scale the heads'
 embedding is multiplied by the 0/1 indicator of the hidden gates (so a tied LM head stays tied when the values are
 folded into the weights), and every norm averages over the kept channels only. ``shape.prune_state_dict`` with
 the masks' values folded in therefore computes exactly what the masked model computes.
+
+Memory: the gated inputs of ``attn.proj`` and ``mlp.proj`` keep, for the gates' gradient, only the product that the
+projection keeps anyway (``_ScaleLast``); a masked norm keeps only its input, in the model's dtype, and recomputes
+its float32 statistics in the backward pass. ``PrunableGPT`` registers its hooks once, for its lifetime, so a block
+that activation checkpointing recomputes in the backward pass is recomputed with the same masks.
 """
 
 from __future__ import annotations
@@ -39,9 +44,14 @@ class HardConcrete(nn.Module):
     def __init__(self, shape: tuple[int, ...], keep: int, init_mean: float = 5.0, init_std: float = 0.01) -> None:
         super().__init__()
         self.keep = keep
-        self.log_alpha = nn.Parameter(torch.empty(shape))
-        with torch.no_grad():
-            self.log_alpha.normal_(init_mean, init_std).clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+        initial = torch.empty(shape, device="cpu").normal_(init_mean, init_std).clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+        self._initial = initial  # not a buffer: what ``reset_parameters`` restores
+        self.log_alpha = nn.Parameter(initial.clone())
+
+    def reset_parameters(self) -> None:
+        """Back to the values drawn at construction. Lightning calls it when it materialises a model that holds a
+        module built on the meta device (``fsdp2``), after sharding."""
+        _fill(self.log_alpha, self._initial)
 
     @property
     def size(self) -> int:
@@ -73,6 +83,24 @@ class HardConcrete(nn.Module):
             self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
 
 
+def _fill(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copies ``full`` into ``param``, or into its shard when it is a DTensor (fsdp2)."""
+    with torch.no_grad():
+        if hasattr(param, "device_mesh"):
+            from torch.distributed.tensor import distribute_tensor
+
+            full = distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+        param.copy_(full.to(param.dtype))
+
+
+class _Multipliers(nn.ParameterDict):
+    """The Lagrange multipliers, lambda_1 and lambda_2 per mask type; they start at 0 (Sheared-LLaMA)."""
+
+    def reset_parameters(self) -> None:
+        for value in self.values():
+            _fill(value, torch.zeros(value.shape))
+
+
 class PruningMasks(nn.Module):
     """The masks a reference needs to reach ``sizes`` (see ``shape.target_sizes``), and their Lagrange multipliers."""
 
@@ -95,7 +123,7 @@ class PruningMasks(nn.Module):
             gates["hidden"] = HardConcrete((d,), sizes["n_embd"])
         self.gates = nn.ModuleDict(gates)
         # lambda_1, lambda_2 per mask type, trained by gradient ascent (Sheared-LLaMA starts them at 0)
-        self.lambdas = nn.ParameterDict({name: nn.Parameter(torch.zeros(2)) for name in gates})
+        self.lambdas = _Multipliers({name: nn.Parameter(torch.zeros(2)) for name in gates})
 
     def sample(self, generator: torch.Generator | None = None) -> dict:
         return {name: gate.sample(generator) for name, gate in self.gates.items()}
@@ -156,6 +184,41 @@ def check_prunable(config) -> None:
         )
 
 
+class _ScaleLast(torch.autograd.Function):
+    """``x * scale`` over the last dimension. Keeps for the backward pass the product (which the projection it
+    feeds keeps anyway, so no second activation-sized tensor) and the scale: d/d scale = sum(grad * x) =
+    sum(grad * product) / scale where the scale is not 0. A gate at exactly 0 is a hard-concrete sample clamped at
+    its lower limit, whose gradient to log_alpha the clamp zeroes whatever this one is; it gets 0."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        out = x * scale.to(x.dtype)
+        ctx.save_for_backward(out, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out, scale = ctx.saved_tensors
+        grad_x = grad * scale.to(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            dims = tuple(range(grad.dim() - 1))
+            summed = (grad * out).sum(dims, dtype=torch.float32)  # one product in the model's dtype, summed in float32
+            s = scale.float()
+            nonzero = s != 0
+            grad_scale = torch.where(nonzero, summed / torch.where(nonzero, s, torch.ones_like(s)), torch.zeros_like(s))
+            grad_scale = grad_scale.to(scale.dtype)
+        return grad_x, grad_scale
+
+
+def scale_last(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x * scale`` (scale over the last dimension, cast to x's dtype); through ``_ScaleLast`` when the scale
+    needs a gradient."""
+    if torch.is_grad_enabled() and scale.requires_grad:
+        return _ScaleLast.apply(x, scale)
+    return x * scale.to(x.dtype)
+
+
 def _masked_norm(norm, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``norm(x)`` with its statistics over the kept channels only (``keep`` 0/1 over the last dim); pruned
     channels come out as 0."""
@@ -181,49 +244,49 @@ def _masked_norm(norm, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return (out * keep).to(dtype)
 
 
-@contextmanager
-def masked(model, values):
-    """Applies mask values to a LitGPT ``GPT`` while the context is open. ``values()`` returns the current
-    expanded values (``PruningMasks.full``) and is called at every hooked module, so one sample per forward works."""
+def register_masks(model, values) -> list:
+    """Hooks that apply mask values to a LitGPT ``GPT``; returns their handles. ``values()`` returns the current
+    expanded values (``PruningMasks.full``) or None (no masks) and is called at every hooked module, so one sample
+    per forward works."""
+    from torch.utils.checkpoint import checkpoint
+
     handles = []
     hs = model.config.head_size
 
-    def expand_heads(z_head):
-        return z_head.repeat_interleave(hs)
+    def current() -> dict:
+        v = values()
+        return {} if v is None else v
 
     def keep_of(v):
         return (v["hidden"] > 0).to(v["hidden"].dtype)
 
-    def branch_scale(i):
-        v = values()
-        scale = None
-        if v["hidden"] is not None:
-            scale = v["hidden"]
-        if v["layer"] is not None:
+    def branch_scale(v, i):
+        scale = v.get("hidden")
+        if v.get("layer") is not None:
             scale = v["layer"][i] if scale is None else scale * v["layer"][i]
         return scale
 
     def wte_hook(module, args, output):
-        v = values()
-        return output if v["hidden"] is None else output * keep_of(v).to(output.dtype)
+        v = current()
+        return output if v.get("hidden") is None else output * keep_of(v).to(output.dtype)
 
     handles.append(model.transformer.wte.register_forward_hook(wte_hook))
     norms = [model.transformer.ln_f]
     for i, block in enumerate(model.transformer.h):
         def head_hook(module, args, i=i):
-            v = values()
-            if v["head"] is None:
+            v = current()
+            if v.get("head") is None:
                 return None
-            return (args[0] * expand_heads(v["head"][i]).to(args[0].dtype),)
+            return (scale_last(args[0], v["head"][i].repeat_interleave(hs)),)
 
         def channel_hook(module, args, i=i):
-            v = values()
-            if v["intermediate"] is None:
+            v = current()
+            if v.get("intermediate") is None:
                 return None
-            return (args[0] * v["intermediate"][i].to(args[0].dtype),)
+            return (scale_last(args[0], v["intermediate"][i]),)
 
         def branch_hook(module, args, output, i=i):
-            scale = branch_scale(i)
+            scale = branch_scale(current(), i)
             return output if scale is None else output * scale.to(output.dtype)
 
         handles.append(block.attn.proj.register_forward_pre_hook(head_hook))
@@ -233,13 +296,22 @@ def masked(model, values):
         norms += [n for n in (block.norm_1, block.norm_2) if n is not None and not isinstance(n, nn.Identity)]
 
     def norm_hook(module, args, output):
-        v = values()
-        if v["hidden"] is None:
+        v = current()
+        if v.get("hidden") is None:
             return output
+        if torch.is_grad_enabled():  # keeps the input only; the float32 statistics are recomputed in backward
+            return checkpoint(_masked_norm, module, args[0], keep_of(v), use_reentrant=False)
         return _masked_norm(module, args[0], keep_of(v))
 
     for norm in norms:
         handles.append(norm.register_forward_hook(norm_hook))
+    return handles
+
+
+@contextmanager
+def masked(model, values):
+    """Applies mask values to a LitGPT ``GPT`` while the context is open (``register_masks``)."""
+    handles = register_masks(model, values)
     try:
         yield model
     finally:
@@ -258,9 +330,10 @@ class PrunableGPT(nn.Module):
         self.masks = PruningMasks(gpt.config, sizes)
         self.config = gpt.config
         self.generator = None  # set per step for samples that do not depend on where a run was resumed
-        self._values = None
+        self._values = None  # the values of the latest forward, which a block recomputed in backward reads again
         self.stats: dict = {}
         self.expected_kept: dict = {}
+        register_masks(gpt, lambda: self._values)  # for the module's lifetime (see the module's docstring)
 
     @property
     def max_seq_length(self) -> int:
@@ -276,8 +349,7 @@ class PrunableGPT(nn.Module):
         statistics and the expected kept sizes are left in ``stats`` and ``expected_kept``."""
         z = self.masks.sample(self.generator) if self.training else self.masks.deterministic()
         self._values = self.masks.full(z)
-        with masked(self.gpt, lambda: self._values):
-            logits = self.gpt(idx, **kwargs)
+        logits = self.gpt(idx, **kwargs)
         if lagrangian is None:
             return logits
         constraint, self.stats = self.masks.lagrangian(*lagrangian)

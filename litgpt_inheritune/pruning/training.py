@@ -9,6 +9,13 @@ This is not LitGPT's pretraining loop: the objective (LM loss + Lagrangian), the
 masks, multipliers with ``maximize``) and the extraction are pruning's own. LitGPT supplies the model, the data
 modules, the loss (``chunked_cross_entropy``), validation (``litgpt.pretrain.validate``), the learning-rate
 schedule (``litgpt.pretrain.get_lr``) and Fabric (FSDP over several devices).
+
+Memory, as LitGPT's commands: the precision defaults to LitGPT's (``get_default_supported_precision``); the model
+is built without initialisation in that precision (``fabric.init_module(empty_init=True)``: on the meta device under
+``fsdp2``, sharded, then filled by ``fabric.load_raw``) and filled from the memory-mapped reference, so no process
+holds a second copy; ``speed="checkpoint"`` recomputes every block in the backward pass (``speed.checkpoint_blocks``).
+A ``DomainMixture``'s train loader (its domain weights, dynamic batch loading's history and every domain's place) is
+saved with the pruning state, so a resumed run continues with the weights it had reached.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ def prune(
     lambda_lr: float = 1.0,
     weight_decay: float = 0.0,
     precision: str | None = None,
+    speed: str = "none",
     devices: int | str = 1,
     num_nodes: int = 1,
     seed: int = 42,
@@ -57,10 +65,12 @@ def prune(
     import torch
     from litgpt import GPT, Tokenizer
     from lightning.fabric.strategies import DDPStrategy, FSDPStrategy
+    from lightning.fabric.strategies import ModelParallelStrategy
     from litgpt.pretrain import get_lr, validate
-    from litgpt.utils import CycleIterator, chunked_cross_entropy
+    from litgpt.utils import CycleIterator, chunked_cross_entropy, get_default_supported_precision
 
     from litgpt_inheritune import checks, rundir
+    from litgpt_inheritune import speed as speeds
     from litgpt_inheritune import strategy as strategies
     from litgpt_inheritune.checkpoint import (atomic_dir, check_weights_match_config, has_tokenizer,
                                               load_reference_config, load_state_dict_lazily, staged_in,
@@ -80,6 +90,11 @@ def prune(
         raise InherituneError(f"--steps must be a positive number of optimizer steps, got {steps}")
     if train.max_norm is None:
         raise InherituneError("--train.max_norm is required, e.g. --train.max_norm 1.0")
+    options = speeds.parse(speed)
+    if "fused_ce" in options:
+        raise InherituneError("--speed fused_ce is for `litgpt inheritune`'s loop, not pruning's (it needs the masked "
+                              "logits); choose checkpoint and/or cudnn_attention")
+    precision = precision or get_default_supported_precision(training=True)  # as `litgpt pretrain`
     if isinstance(data, DomainMixture):
         data.check()
     checks.check_data(data)
@@ -88,6 +103,10 @@ def prune(
     config = load_reference_config(reference_dir)
     check_prunable(config)
     sizes = target_sizes(config, target)
+    seq = train.max_seq_length or config.block_size
+    if seq > config.block_size:
+        raise InherituneError(f"--train.max_seq_length {seq} is longer than the reference's block_size "
+                              f"{config.block_size}; pass --train.max_seq_length {config.block_size} or less")
     if not has_tokenizer(reference_dir):
         raise InherituneError(f"{str(reference_dir)!r} has no tokenizer; the data is encoded with it")
     warmup = round(0.2 * steps) if lagrangian_warmup_steps is None else lagrangian_warmup_steps
@@ -101,7 +120,7 @@ def prune(
         # launched first, as every training command; rank 0 then decides and prepares, the others wait for it
         fabric = rundir.launch(devices, num_nodes, strategy, precision)
         settings["world_size"] = fabric.world_size  # a resume needs as many processes (data order, accumulation)
-        with rundir.Claim(out_dir) as claim, rundir.one_line_peer_errors(fabric):
+        with rundir.Claim(out_dir) as claim, rundir.one_line_peer_errors(fabric), speeds.apply(options):
             def start() -> dict:
                 """Global rank 0 alone: claim out_dir, decide what it holds (rundir's rules), check, then write the
                 settings."""
@@ -126,8 +145,7 @@ def prune(
                 check_weights_match_config(config, load_state_dict_lazily(reference_dir / "lit_model.pth"),
                                            reference_dir / "lit_model.pth")
                 checks.check_out_dir(out_dir, reference_dir)
-                data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size,
-                             max_seq_length=train.max_seq_length or config.block_size)
+                data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size, max_seq_length=seq)
                 checks.prepare_text_files(data)  # whole or not at all, before out_dir is touched
                 if decision == "overwrite":
                     rundir.remove_run(out_dir)
@@ -140,7 +158,6 @@ def prune(
             state_dict = load_state_dict_lazily(reference_dir / "lit_model.pth")
             fabric.seed_everything(seed)
 
-            seq = train.max_seq_length or config.block_size
             accumulate = train.gradient_accumulation_iters(fabric.world_size)
             data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size, max_seq_length=seq)
             if fabric.global_rank != 0:  # rank 0 prepared the text: every rank reads that one preparation
@@ -150,14 +167,20 @@ def prune(
             data.setup()
             train_loader, val_loader = fabric.setup_dataloaders(data.train_dataloader(), data.val_dataloader())
 
-            model = GPT(config)
-            model.load_state_dict(state_dict)
+            # No initialisation, in the run's precision (LitGPT's way): on the meta device under fsdp2 (sharded, then
+            # filled), otherwise filled here from the memory-mapped file. FSDP1 (GPUs only) builds whole tensors.
+            sharded = isinstance(fabric.strategy, ModelParallelStrategy)
+            with fabric.init_module(empty_init=not isinstance(fabric.strategy, FSDPStrategy)):
+                gpt = GPT(config)
             if reference_ties_embeddings(state_dict):  # keep the reference's architecture: one shared matrix
-                model.lm_head.weight = model.transformer.wte.weight
+                gpt.lm_head.weight = gpt.transformer.wte.weight
+            if not sharded:
+                gpt.load_state_dict(state_dict)
             del state_dict
-            model.max_seq_length = seq
-            model = PrunableGPT(model, sizes)
-            model = fabric.setup(model)
+            gpt.max_seq_length = seq
+            model = fabric.setup(PrunableGPT(gpt, sizes))  # fsdp2: materialised, the masks back to their drawn values
+            if sharded:
+                fabric.load_raw(reference_dir / "lit_model.pth", model.module.gpt)  # memory-mapped; each rank its shard
             weights = [p for n, p in model.named_parameters() if ".masks." not in f".{n}"]
             gates = [p for n, p in model.named_parameters() if ".masks.gates." in f".{n}"]
             lambdas = [p for n, p in model.named_parameters() if ".masks.lambdas." in f".{n}"]
@@ -169,6 +192,9 @@ def prune(
             )
             optimizer = fabric.setup_optimizers(optimizer)
             state = {"model": model, "optimizer": optimizer, "step": 0}
+            mixture = isinstance(data, DomainMixture)
+            if mixture:  # its weights, their history and each domain's place; restored, they continue where they were
+                state["train_dataloader"] = train_loader
             if resuming:
                 fabric.load(state_path, state)
                 fabric.print(f"Resuming pruning at step {state['step']} from {state_path}")
@@ -207,7 +233,7 @@ def prune(
                 fabric.barrier()
 
             batches = CycleIterator(train_loader)
-            for _ in range(state["step"] * accumulate):  # the same batches as an uninterrupted run
+            for _ in range(0 if mixture else state["step"] * accumulate):  # the same batches as an uninterrupted run
                 next(batches)
             model.train()
             t0 = time.perf_counter()
