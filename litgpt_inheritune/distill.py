@@ -123,9 +123,9 @@ def _quiet_bitsandbytes():
         yield
 
 
-def load_teacher(reference_dir: Path, device, quantize: Literal["bnb.nf4", "bnb.int8", None] = None):
-    """The reference as a frozen model on ``device``: bf16 on CUDA, float32 elsewhere; with ``quantize``, every
-    linear layer's weight in 4-bit NF4 or 8-bit LLM.int8() storage (bitsandbytes, on CUDA and on CPU).
+def load_teacher(reference_dir: Path, device, quantize: Literal["bnb.nf4", "bnb.int8", None] = None, dtype=None):
+    """The reference as a frozen model on ``device``, in ``dtype`` (default: bf16 on CUDA, float32 elsewhere); with
+    ``quantize``, every linear layer's weight in 4-bit NF4 or 8-bit LLM.int8() storage (bitsandbytes, CUDA and CPU).
 
     The model is built on the meta device and its tensors are made on ``device`` from the memory-mapped checkpoint,
     directly in their final dtype (quantized layers one at a time), so memory peaks at about one copy of the
@@ -138,7 +138,7 @@ def load_teacher(reference_dir: Path, device, quantize: Literal["bnb.nf4", "bnb.
     reference_dir = Path(reference_dir)
     config = Config.from_file(reference_dir / "model_config.yaml")
     device = torch.device(device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     state_dict = dict(load_state_dict_lazily(reference_dir / "lit_model.pth"))
     check_weights_match_config(config, state_dict, reference_dir / "lit_model.pth")
     with torch.device("meta"):

@@ -151,14 +151,10 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
             build_child(plan, initial, seed=a.seed, overwrite=False)
         print(f"Inherited blocks {plan.layers} ({list(plan.parts)}) of {plan.config.name} in "
               f"{time.perf_counter() - t0:.1f} s")
-        has_step = resume_from is not None
-        reference_losses = None
-        if isinstance(a.data, DomainMixture) and a.data.dynamic and a.data.reference_losses is None and not has_step:
-            # Dynamic batch loading aims each domain at the reference's own loss there (a resumed run reads them
-            # back from its checkpoint instead).
-            a.data.connect(Tokenizer(initial), batch_size=train.micro_batch_size, max_seq_length=max_seq_length)
-            reference_losses = measure_reference_losses(a.reference_dir, a.data, a.eval.max_iters, max_seq_length)
-            print("Reference losses per domain: " + ", ".join(f"{k} {v:.3f}" for k, v in reference_losses.items()))
+        # Dynamic batch loading aims each domain at the reference's own loss there: measured below by every process
+        # (a resumed run reads them back from its checkpoint instead)
+        measure = (isinstance(a.data, DomainMixture) and a.data.dynamic and a.data.reference_losses is None
+                   and resume_from is None)
         tie = train.tie_embeddings
         if tie is None:  # the child keeps the reference's architecture: tied if the reference ties, inherited or not
             tie = reference_ties_embeddings(plan.state_dict)
@@ -167,14 +163,19 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
             recover_best(out_dir)
             best = read_best(out_dir)
         return {"decision": decision, "per_epoch": per_epoch, "resume_from": resume_from, "tie": bool(tie),
-                "reference_losses": reference_losses, "best": best, "text": checks.prepared_text(a.data)}
+                "measure_reference": measure, "max_seq_length": max_seq_length, "best": best,
+                "text": checks.prepared_text(a.data)}
 
     prepared = rundir.agree(fabric, start, what="preparing the run")
     child = Config.from_file(initial / "model_config.yaml")
     if fabric.global_rank != 0:  # rank 0 prepared the text: every rank reads that one preparation
         checks.use_prepared_text(a.data, prepared["text"], fabric.global_rank)
-    if prepared["reference_losses"] is not None:
-        a.data.reference_losses = prepared["reference_losses"]
+    if prepared["measure_reference"]:  # on every process's own validation windows, in the run's precision
+        a.data.connect(Tokenizer(initial), batch_size=train.micro_batch_size, max_seq_length=prepared["max_seq_length"])
+        a.data.reference_losses = measure_reference_losses(fabric, a.reference_dir, a.data, a.eval.max_iters,
+                                                           prepared["max_seq_length"])
+        fabric.print("Reference losses per domain: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in a.data.reference_losses.items()))
     resume_from = None if prepared["resume_from"] is None else Path(prepared["resume_from"])
     max_tokens = train.max_tokens
     if train.epochs is not None:
@@ -242,11 +243,19 @@ def fresh_compile_caches():
 
 @contextmanager
 def seeded_train_order(data: DataModule, seed: int):
-    """The run's seed decides the order of a litdata training stream (TextFiles, LitData), as it decides the init of
-    what is not inherited: without it every seed of an inherited child would train on the same sequence of batches.
-    Wraps this data module's ``train_dataloader`` (the instance's, not the class's) while the run lasts."""
+    """The run's seed decides the order of a litdata training stream (TextFiles, LitData) and a DomainMixture's draws,
+    as it decides the init of what is not inherited: without it every seed of an inherited child would train on the
+    same sequence of batches. Wraps this data module's ``train_dataloader`` (the instance's, not the class's) while the
+    run lasts; a DomainMixture reads the seed itself (``DomainMixture.draw_seed``)."""
     from litdata import StreamingDataset
 
+    if isinstance(data, DomainMixture):  # its draws and shuffles follow the run's seed unless it was given its own
+        data.run_seed = seed
+        try:
+            yield
+        finally:
+            del data.run_seed
+        return
     build = data.train_dataloader
 
     def train_dataloader():

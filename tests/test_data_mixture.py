@@ -100,6 +100,25 @@ def test_state_resumes_each_domain_where_it_stopped(marked):
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
 
 
+def test_the_runs_seed_decides_the_draws_unless_the_mixture_has_its_own(marked):
+    """Arms over seeds must see different data orders: the run's --seed reaches the mixture's draws and shuffles."""
+    from litgpt_inheritune.training import seeded_train_order
+
+    def first_batches(run_seed: int, **kwargs) -> list[torch.Tensor]:
+        data = DomainMixture(marked, num_workers=0, **kwargs)
+        data.connect(batch_size=2, max_seq_length=15)
+        with seeded_train_order(data, run_seed):  # as `litgpt inheritune` trains
+            iterator = iter(data.train_dataloader())
+            return [next(iterator) for _ in range(6)]
+
+    def same(a, b) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    assert same(first_batches(1), first_batches(1))
+    assert not same(first_batches(1), first_batches(2))
+    assert same(first_batches(1, seed=7), first_batches(2, seed=7))  # --data.seed, when given, wins
+
+
 def test_bad_mixture_input_is_one_line(marked, tmp_path):
     cases = [
         (dict(weights={"low": 1.0, "web": 1.0}), "unknown domain(s) ['web']"),
@@ -218,9 +237,12 @@ def test_reference_losses_are_measured_when_not_given(tiny_reference, text_mixtu
     assert set(recorded["reference_losses"]) == {"code", "prose"}
     from litgpt_inheritune.data.mixture import measure_reference_losses
 
+    import lightning as L
+
     again = DomainMixture(text_mixture, num_workers=0)
     again.connect(batch_size=2, max_seq_length=32)
-    assert recorded["reference_losses"] == pytest.approx(measure_reference_losses(tiny_reference, again, 2, 32))
+    fabric = L.Fabric(accelerator="cpu", devices=1, precision="32-true", loggers=[])  # the run's: one process, 32-true
+    assert recorded["reference_losses"] == pytest.approx(measure_reference_losses(fabric, tiny_reference, again, 2, 32))
     first = history(out)[0]
     assert first["weights"] != pytest.approx(again.initial_weights())  # they drove an update
 

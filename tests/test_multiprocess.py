@@ -153,8 +153,9 @@ def test_two_processes_train_as_one_resume_after_kill_and_overwrite(tmp_path, ti
 
 
 def test_domain_weights_are_one_mixture_on_every_rank(tmp_path, tiny_reference, smollm2_tokenizer):
-    """Dynamic batch loading under two processes: reference losses measured once (rank 0), per-domain losses
-    reduced over ranks, and after every evaluation both ranks draw with the same weights."""
+    """Dynamic batch loading under two processes: the reference's losses measured as the child's are (each rank its
+    own windows, reduced, in the run's precision), per-domain losses reduced over ranks, and after every evaluation
+    both ranks draw with the same weights."""
     from litgpt import Tokenizer
     from pydoc_data.topics import topics
 
@@ -167,23 +168,27 @@ def test_domain_weights_are_one_mixture_on_every_rank(tmp_path, tiny_reference, 
         write_stream(root / "val" / domain, docs[:4])
     env = environment(tmp_path)
     out = tmp_path / "run"
-    args = ["inheritune", tiny_reference, "--n_layers", "2", "--data", "litgpt_inheritune.data.mixture.DomainMixture",
+    # the whole reference as the child: at step 0 it must measure exactly the reference's losses
+    args = ["inheritune", tiny_reference, "--n_layers", "6", "--data", "litgpt_inheritune.data.mixture.DomainMixture",
             "--data.data_path", root, "--data.dynamic", "true", "--data.num_workers", "0",
             "--train.epochs", "null", "--train.max_tokens", 8 * 4 * 32, "--train.global_batch_size", "4",
             "--train.micro_batch_size", "2", "--train.max_seq_length", "32", "--train.save_interval", "1000",
             "--train.lr_warmup_steps", "1", "--eval.interval", "2", "--eval.max_iters", "2",
-            "--eval.initial_validation", "false", "--precision", "32-true", "--compile", "false",
+            "--eval.initial_validation", "true", "--precision", "bf16-mixed", "--compile", "false",
             "--logger_name", "csv", "--devices", "2", "--strategy", "fsdp2", "--out_dir", out]
     output = litgpt(args, env, tmp_path)
-    assert output.count("Reference losses per domain") == 1  # measured by rank 0 alone
+    assert output.count("Reference losses per domain") == 1  # printed once
     rows = [json.loads(line) for line in (out / "domain_weights.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in rows] == [2, 4, 6, 8, 8]  # one writer: every evaluation once
+    assert [r["iter"] for r in rows] == [0, 2, 4, 6, 8, 8]  # one writer: every evaluation once
+    import yaml
+
+    references = yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())["data"]["init_args"]
+    # same windows, same precision, same weights: the same numbers (a whole-set, float32, rank-0 measurement was off)
+    assert rows[0]["losses"] == pytest.approx(references["reference_losses"], rel=1e-6)
     for row in rows:
         assert len(row["weights_by_rank"]) == 2
         assert row["weights_by_rank"][0] == row["weights_by_rank"][1] == [row["weights"][d] for d in row["weights"]]
     assert len({tuple(r["weights"].values()) for r in rows}) > 1  # the weights did move
-    hp = (out / "final" / "hyperparameters.yaml").read_text()
-    assert "reference_losses" in hp
 
 
 def test_grow_and_arms_write_one_set_of_outputs(tmp_path, tiny_reference, eight_samples):

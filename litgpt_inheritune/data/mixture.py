@@ -164,8 +164,8 @@ class DomainMixture(DataModule):
     """Share of the uniform mixture blended into each update (Sheared-LLaMA: 1e-4)."""
     clip_excess: bool = False
     """Clip each domain's excess loss at 0, as the paper's Algorithm 1 (default: unclipped, as its released code)."""
-    seed: int = 42
-    """Seeds the per-sample domain draws and each domain's shuffle."""
+    seed: int | None = None
+    """Seeds the per-sample domain draws and each domain's shuffle; default: the run's ``--seed`` (42 outside a run)."""
     num_workers: int = 4
     """DataLoader processes for training (validation loaders use the same number)."""
 
@@ -217,14 +217,20 @@ class DomainMixture(DataModule):
         from litdata.streaming import StreamingDataset, TokensLoader
 
         return StreamingDataset(
-            input_dir=str(directory), item_loader=TokensLoader(block_size=self.seq_length), shuffle=shuffle, seed=self.seed
+            input_dir=str(directory), item_loader=TokensLoader(block_size=self.seq_length), shuffle=shuffle,
+            seed=self.draw_seed(),
         )
+
+    def draw_seed(self) -> int:
+        """The seed of the draws and shuffles: ``seed``, else the run's (``run_seed``, set by `litgpt inheritune`)."""
+        return self.seed if self.seed is not None else getattr(self, "run_seed", 42)
 
     def train_dataloader(self):
         names = self.domains()
         weights = self.initial_weights()
         datasets = [self._dataset(d, shuffle=True) for d in domain_dirs(self.data_path / "train").values()]
-        self._mixture = _weighted_mixture_class()(datasets, names, [weights[n] for n in names], seed=self.seed)
+        self._mixture = _weighted_mixture_class()(datasets, names, [weights[n] for n in names],
+                                                          seed=self.draw_seed())
         self._mixture.dbl["reference_losses"] = self.reference_losses
         return _resuming_loader_class()(
             self._mixture, batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=True, drop_last=True
@@ -246,7 +252,7 @@ class DomainMixture(DataModule):
             """All domains' validation data in one loader (what a plain loop sees), plus one loader per domain."""
 
         datasets = [self._dataset(d, shuffle=False) for d in domain_dirs(self.data_path / "val").values()]
-        loader = DomainValLoader(CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True),
+        loader = DomainValLoader(CombinedStreamingDataset(datasets, seed=self.draw_seed(), iterate_over_all=True),
                                  batch_size=self.batch_size, num_workers=self.num_workers)
         loader.mixture_module = self
         loader.domain_loaders = self.val_dataloaders()
@@ -369,18 +375,57 @@ def dbl_hooks(pretrain_module, out_dir: Path):
         yield
 
 
-def measure_reference_losses(reference_dir: Path, data: DomainMixture, max_iters: int, max_seq_length: int) -> dict[str, float]:
-    """The reference model's mean loss on each domain's validation data (the first ``max_iters`` batches), with
-    `litgpt pretrain`'s own ``validate``."""
-    from litgpt_inheritune.validation import loader_loss, validation_model
+def measure_reference_losses(fabric, reference_dir: Path, data: DomainMixture, max_iters: int,
+                             max_seq_length: int) -> dict[str, float]:
+    """The reference model's loss per domain, measured as the child's will be: by every process of the run, each on
+    the windows it validates the child on (its share of each domain's first batches, ``max_iters`` per process),
+    reduced over processes, in the run's precision, with `litgpt pretrain`'s own ``validate``. Dynamic batch loading
+    then compares the child with the reference on one set of windows, with no precision gap between them (the
+    weights move by the difference, and an offset would compound in them).
 
-    fabric, model = validation_model(reference_dir, max_seq_length)
-    losses = {}
-    for name, loader in data.val_dataloaders().items():
-        try:
-            losses[name] = loader_loss(fabric, model, loader, max_iters)
-        except RuntimeError as exc:  # LitGPT's validate stacks an empty list when there is no batch
-            if not patches.is_empty_stack(exc):
-                raise
-            raise InherituneError(f"domain {name!r} has no validation batch; give it more --val_tokens") from None
+    Each process holds the whole reference while it measures (as one process did before the child is set up) and
+    frees it afterwards. Call on every process, with ``data`` connected."""
+    import gc
+
+    import litgpt.pretrain as pretrain
+    import torch
+
+    from litgpt_inheritune.distill import load_teacher
+
+    # float32 weights, then the run's own conversion (bf16-true: bf16 weights; mixed: float32 weights under autocast)
+    reference = fabric.strategy.precision.convert_module(load_teacher(reference_dir, fabric.device, dtype=torch.float32))
+    reference.max_seq_length = max_seq_length
+    model = _InPrecision(fabric, reference)
+    loader = data.val_dataloader()
+    try:
+        losses = _domain_losses(fabric, model, loader, max_iters, pretrain.validate)
+    finally:
+        del model, reference, loader
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    empty = [name for name, loss in losses.items() if loss is None]
+    if empty:
+        raise InherituneError(f"domain {empty[0]!r} has no validation batch; give it more --val_tokens")
     return losses
+
+
+class _InPrecision:
+    """A model called as Fabric calls the model it trains: inputs converted, the forward in the precision's context
+    (autocast for the mixed precisions), the output converted (float32 logits under bf16-mixed), by the run's own
+    precision plugin. ``validate`` reads its ``max_seq_length`` and sets its mode."""
+
+    def __init__(self, fabric, model) -> None:
+        self.precision, self.model = fabric.strategy.precision, model
+        self.max_seq_length = model.max_seq_length
+
+    def __call__(self, idx):
+        idx = self.precision.convert_input(idx)
+        with self.precision.forward_context():
+            return self.precision.convert_output(self.model(idx))
+
+    def eval(self):
+        self.model.eval()
+
+    def train(self):
+        pass  # the reference stays in eval mode
