@@ -110,6 +110,7 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
         decision = rundir.decide(out_dir, started, finished, resume, a.overwrite)
         t0 = time.perf_counter()
         plan = plan_child(a.reference_dir, a.n_layers, a.layers, a.parts, a.tokenizer_dir, a.select, a.analysis)
+        check_tied_parts(plan, train.tie_embeddings)
         if decision == "resume" and not initial.is_dir():
             raise InherituneError(f"{str(out_dir)!r} has no {INITIAL}/ to resume from; pass --overwrite true to start again")
         if decision == "resume":
@@ -239,6 +240,24 @@ def fresh_compile_caches():
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def check_tied_parts(plan, tie_embeddings: bool | None) -> None:
+    """A reference whose LM head is its token embedding has one matrix for both: a tied child cannot inherit one of
+    them and not the other (LitGPT's tie would silently give the head the inherited embedding, or lose the inherited
+    head to a fresh embedding). One-line error before any work; an untied child inherits exactly what was asked."""
+    from litgpt_inheritune.inherit import reference_ties_embeddings
+
+    one = {"embedding", "head"} & set(plan.parts)
+    if len(one) != 1 or tie_embeddings is False or not reference_ties_embeddings(plan.state_dict):
+        return
+    (given,) = one
+    missing = "head" if given == "embedding" else "embedding"
+    raise InherituneError(
+        f"{plan.config.name} ties its LM head to its token embedding (one matrix), so a tied child cannot inherit the "
+        f"{given} without the {missing}: add {missing!r} to --parts, drop {given!r}, or pass --train.tie_embeddings "
+        f"false for an untied child that inherits only the {given}"
+    )
 
 
 @contextmanager

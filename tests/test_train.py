@@ -148,3 +148,28 @@ def test_bf16_training_runs_for_real_on_cpu(tmp_path, tiny_reference, text_dirs,
     # finite, and falling: the random tiny reference starts near 31 (its tied N(0, 1) embedding makes large logits)
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
     assert yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())["precision"] == precision
+
+
+def test_a_tied_reference_gives_embedding_and_head_together_or_an_untied_child(tmp_path, tiny_reference, text_dirs):
+    """tiny_reference ties its head to its embedding, as SmolLM2 does. Inheriting one of them into a tied child is
+    refused before any work (the tie used to hand the head the inherited embedding, or drop the inherited head);
+    untied, the child gets exactly the part asked for."""
+    data = small_text(tmp_path, text_dirs, n_train=1)
+    reference = torch.load(tiny_reference / "lit_model.pth")
+    blocks = ["attention", "mlp", "norms", "final_norm"]
+    for given in ("embedding", "head"):
+        out = tmp_path / f"tied-{given}"
+        with pytest.raises(SystemExit, match=f"cannot inherit the {given} without the"):
+            setup(tiny_reference, n_layers=2, parts=[*blocks, given], out_dir=out, data=data,
+                  train=train_args(max_tokens=64), eval=QUIET_EVAL, precision="32-true", devices=1, compile=False)
+        assert not out.exists()
+        out = tmp_path / f"untied-{given}"
+        setup(tiny_reference, n_layers=2, parts=[*blocks, given], out_dir=out, data=data,
+              train=train_args(max_tokens=64, tie_embeddings=False), eval=QUIET_EVAL, precision="32-true", devices=1,
+              logger_name="csv", compile=False)
+        initial = torch.load(out / "initial" / "lit_model.pth")
+        inherited, fresh = ("transformer.wte.weight", "lm_head.weight")[:: 1 if given == "embedding" else -1]
+        assert torch.equal(initial[inherited], reference[inherited])
+        assert not torch.equal(initial[fresh], reference[fresh])
+        final = torch.load(out / "final" / "lit_model.pth", weights_only=False)["model"]
+        assert not torch.equal(final["lm_head.weight"], final["transformer.wte.weight"])  # trained untied
