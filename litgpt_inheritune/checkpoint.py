@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -38,7 +39,11 @@ def load_reference_config(reference_dir: Path):
     try:
         return Config.from_file(reference_dir / "model_config.yaml")
     except Exception as exc:  # a broken YAML or an unknown key
-        raise InherituneError(f"cannot read {reference_dir / 'model_config.yaml'}: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        cause = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise InherituneError(f"cannot read {str(reference_dir / 'model_config.yaml')!r}{where}: {cause}; fix the file "
+                              "or convert the checkpoint again") from None
 
 
 GATED = ("meta-llama", "google", "mistralai")  # hub organisations whose models need an accepted licence and a token
@@ -208,7 +213,8 @@ def atomic_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     if out_dir.exists():
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise InherituneError(f"{str(out_dir)!r} appeared while writing; pass --overwrite true to replace it")
+            raise InherituneError(f"{str(out_dir)!r} appeared while writing it: another run is writing there; let it "
+                                  "finish, or choose another --out_dir")
     replace_dir(tmp, out_dir)
 
 
@@ -326,6 +332,8 @@ def safe_saves(pretrain_module) -> Iterator[None]:
         checkpoint_file = Path(checkpoint_file)
         directory = checkpoint_file.parent
         new_dir = not directory.exists()
+        if fabric.world_size > 1:  # rank 0's view, taken before any rank makes the dir (LitGPT's save makes it on all)
+            new_dir = fabric.broadcast(new_dir, src=0)
         directory.mkdir(parents=True, exist_ok=True)
         before = set(os.listdir(directory))
         partial = directory / f".{checkpoint_file.name}.partial"
@@ -351,6 +359,28 @@ def safe_saves(pretrain_module) -> Iterator[None]:
 
     with patches.patched("pretrain.save_checkpoint", save_checkpoint):
         yield
+
+
+LIGHTNING_STAGING = re.compile(r"tmp[a-z0-9_]{8}")  # fsspec's mkstemp name for a file Lightning is saving
+
+
+def remove_save_debris(out_dir: Path) -> list[Path]:
+    """Removes what a killed or failed save left in ``out_dir``'s checkpoint dirs (``step-*/``, ``final/``): Lightning's
+    staging files (``tmpXXXXXXXX``, made in the checkpoint's dir while it is written), ``safe_saves``' ``.partial``
+    files and checkpoint dirs left empty. Only for the holder of the run's claim (no live writer). Returns what it
+    removed."""
+    removed = []
+    for directory in sorted([*Path(out_dir).glob("step-*"), Path(out_dir) / "final"]):
+        if not directory.is_dir() or directory.is_symlink():
+            continue
+        for path in directory.iterdir():
+            if path.is_file() and (LIGHTNING_STAGING.fullmatch(path.name) or path.name.endswith(".partial")):
+                path.unlink()
+                removed.append(path)
+        if not any(directory.iterdir()):
+            directory.rmdir()
+            removed.append(directory)
+    return removed
 
 
 def save_weights(state_dict: dict, path: Path) -> None:

@@ -87,6 +87,9 @@ def check_text_dir(directory: Path, what: str, prepared: Path | None) -> None:
     directory = Path(directory)
     if prepared is not None and _complete_litdata_dir(prepared):
         return
+    if directory.is_file():
+        raise InherituneError(f"{what} {str(directory)!r} is a file; give the directory that holds it (and the other "
+                              ".txt files)")
     if not directory.is_dir():
         raise InherituneError(f"{what} {str(directory)!r} does not exist; give a directory of .txt files")
     files = sorted(directory.glob("*.txt"))
@@ -108,6 +111,10 @@ def check_data(data) -> None:
     """The data module's sources exist and decode, for the modules this package knows (TextFiles, DomainMixture)."""
     from litgpt.data import TextFiles
 
+    from litgpt_inheritune.data.mixture import DomainMixture
+
+    if isinstance(data, DomainMixture):
+        data.check(prepared=True)
     if isinstance(data, TextFiles):
         check_text_dir(data.train_data_path, "--data.train_data_path", Path(data.out_path_train))
         if data.val_data_path is not None:

@@ -68,6 +68,11 @@ def run(**arguments: Any) -> Path:
         raise InherituneError("give a budget: --train.epochs E (over the data's train set) or --train.max_tokens T")
     if train.epochs is not None and train.epochs <= 0:
         raise InherituneError(f"--train.epochs must be positive, got {train.epochs}")
+    if train.max_tokens is not None and train.max_tokens <= 0:
+        raise InherituneError(f"--train.max_tokens must be positive, got {train.max_tokens}")
+    if train.micro_batch_size < 1 or train.global_batch_size < 1:
+        raise InherituneError(f"--train.global_batch_size ({train.global_batch_size}) and --train.micro_batch_size "
+                              f"({train.micro_batch_size}) must be at least 1")
     if train.max_norm is None:
         raise InherituneError("--train.max_norm is required by litgpt pretrain's loop, e.g. --train.max_norm 1.0")
     resume = a.resume
@@ -95,7 +100,7 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
     from litgpt import Config, Tokenizer
 
     from litgpt_inheritune.checkpoint import (has_tokenizer, is_complete_checkpoint, newest_complete_checkpoint,
-                                              read_best, recover_best, safe_saves)
+                                              read_best, recover_best, remove_save_debris, safe_saves)
     from litgpt_inheritune.child import build_child, plan_child
     from litgpt_inheritune.inherit import reference_ties_embeddings
 
@@ -105,6 +110,10 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
     def start() -> dict:
         """Global rank 0 alone: claim out_dir, decide what it holds, build the child, count the budget (rundir)."""
         claim.take()
+        check_batches(train, fabric.world_size)
+        removed = remove_save_debris(out_dir)  # a dead writer's: out_dir is claimed, no live one writes there
+        if removed:
+            print(f"Removed what an interrupted save left: {', '.join(str(p) for p in removed)}")
         finished = (out_dir / "final" / "lit_model.pth").is_file()
         started = initial.is_dir() or any(out_dir.glob("step-*/lit_model.pth"))
         decision = rundir.decide(out_dir, started, finished, resume, a.overwrite)
@@ -135,9 +144,20 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
                 print(f"warning: skipping incomplete checkpoint(s) {', '.join(str(p) for p in skipped)}; resuming "
                       f"from {str(newest or initial)!r}")
             resume_from = None if newest is None else str(newest)
+        if resume_from is not None:
+            print(f"Resuming from {resume_from}" + (" (--resume)" if isinstance(resume, Path) else
+                                                    f" (the newest complete step checkpoint in {str(out_dir)!r})"))
+        elif decision == "resume":
+            print(f"Resuming {str(out_dir)!r} from {INITIAL}/: it holds no complete step checkpoint (the run stopped "
+                  f"before its first save; --train.save_interval is {train.save_interval})")
         if resume_from is not None:  # the same world size as the run being resumed
             rundir.check_same_world(Path(resume_from).parent, fabric.world_size)
         max_seq_length = train.max_seq_length or plan.config.block_size
+        if max_seq_length > plan.config.block_size:
+            raise InherituneError(f"--train.max_seq_length {max_seq_length} is longer than the reference's block size "
+                                  f"{plan.config.block_size}; give at most {plan.config.block_size}")
+        if train.max_tokens is not None:
+            check_budget(train.max_tokens, train, max_seq_length, "--train.max_tokens")
         # prepared before out_dir is touched: bad data leaves no half-started run behind
         a.data.connect(tokenizer=Tokenizer(a.tokenizer_dir or a.reference_dir), batch_size=train.micro_batch_size,
                        max_seq_length=max_seq_length)
@@ -146,6 +166,8 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
         if train.epochs is not None:  # counted before the child is written: bad data leaves out_dir untouched
             per_epoch = tokens_per_epoch(a.data, a.tokenizer_dir or a.reference_dir, train.micro_batch_size,
                                          max_seq_length)
+            check_budget(int(train.epochs * per_epoch), train, max_seq_length,
+                         f"--train.epochs {train.epochs} (of {per_epoch:,} tokens)")
         if decision == "overwrite":
             rundir.remove_run(out_dir)
         if decision != "resume":
@@ -240,6 +262,28 @@ def fresh_compile_caches():
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def check_batches(train: TrainArgs, world_size: int) -> None:
+    """LitGPT splits the global batch into ``world_size`` processes x micro-batches x accumulation steps: refused in one
+    line before any work when it does not divide (LitGPT asserts per rank, or silently trains a smaller batch)."""
+    per_round = world_size * train.micro_batch_size
+    if train.global_batch_size % per_round:
+        low = max(per_round, train.global_batch_size // per_round * per_round)
+        raise InherituneError(
+            f"--train.global_batch_size {train.global_batch_size} is not a multiple of {world_size} process"
+            f"{'es' if world_size > 1 else ''} x --train.micro_batch_size {train.micro_batch_size} = {per_round}; give "
+            f"{low}" + (f" or {low + per_round}" if low < train.global_batch_size else "") + ", or change the micro-batch")
+
+
+def check_budget(tokens: int, train: TrainArgs, max_seq_length: int, what: str) -> None:
+    """A budget of at least one optimizer step (global batch x sequence length), else nothing would train and an
+    untrained child would be called finished."""
+    step = train.global_batch_size * max_seq_length
+    if tokens < step:
+        raise InherituneError(
+            f"{what} gives {tokens:,} tokens, less than one optimizer step ({train.global_batch_size} sequences x "
+            f"{max_seq_length} tokens = {step:,}); give --train.max_tokens {step:,} or more")
 
 
 def check_tied_parts(plan, tie_embeddings: bool | None) -> None:

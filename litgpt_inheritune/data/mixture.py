@@ -177,13 +177,18 @@ class DomainMixture(DataModule):
         self.data_path = Path(self.data_path)
         self._mixture = None  # checked by `check`, which `setup` and `litgpt inheritune` call before any work
 
-    def check(self) -> None:
-        """One-line errors for weights or reference losses that do not fit the data's domains (reads indexes only)."""
+    def check(self, prepared: bool = False) -> None:
+        """One-line errors for weights or reference losses that do not fit the data's domains (reads indexes only).
+        With ``prepared`` (a run about to start) the data must be there; else it may be prepared later."""
         if self.weights is not None:
             normalize_weights(self.weights)
         if not 0 <= self.smoothing < 1:
             raise InherituneError(f"--data.smoothing must be in [0, 1), got {self.smoothing}")
-        if not self.data_path.exists():
+        if not self.data_path.is_dir():
+            if prepared or self.data_path.exists():
+                raise InherituneError(
+                    f"--data.data_path {str(self.data_path)!r} is not a directory; give the dir holding train/<domain>/ "
+                    "and val/<domain>/ (litgpt inheritune_data --split_by_domain true writes one)")
             return  # prepared later (e.g. on another machine); checked again in setup
         names = self.domains()
         for what, given in (("weights", self.weights), ("reference_losses", self.reference_losses)):
@@ -211,7 +216,7 @@ class DomainMixture(DataModule):
         self.seq_length = max_seq_length + 1  # inputs and their next-token targets
 
     def setup(self, stage: str = "") -> None:
-        self.check()
+        self.check(prepared=True)
 
     def _dataset(self, directory: Path, shuffle: bool):
         from litdata.streaming import StreamingDataset, TokensLoader

@@ -338,7 +338,7 @@ def run_arms(
     from litgpt_inheritune.checkpoint import load_reference_config, write_json
     from litgpt_inheritune.distill import distillation
     from litgpt_inheritune.validation import test_loss, val_loss
-    from litgpt_inheritune.training import run, tokens_per_epoch
+    from litgpt_inheritune.training import check_batches, check_budget, run, tokens_per_epoch
 
     if data is None:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
@@ -370,12 +370,18 @@ def run_arms(
             """Global rank 0 alone: claim out_dir, decide what it holds (rundir's rules); the rows of earlier calls; the
             shared budget in tokens, counted once."""
             claim.take()
+            check_batches(train, fabric.world_size)
+            if max_seq_length > config.block_size:
+                raise InherituneError(f"--train.max_seq_length {max_seq_length} is longer than the reference's block "
+                                      f"size {config.block_size}; give at most {config.block_size}")
             check_out_dir(out_dir, reference_dir)
             started = (out_dir / "arms.json").is_file() or any((out_dir / arm).is_dir() for arm in ARMS)
             decision = rundir.decide(out_dir, started, False, resume, overwrite, what="comparison of arms")
             max_tokens = train.max_tokens
             if train.epochs is not None and train.max_tokens is None:
                 max_tokens = train.epochs * tokens_per_epoch(data, reference_dir, train.micro_batch_size, max_seq_length)
+            check_budget(int(max_tokens), train, max_seq_length,
+                         "--train.max_tokens" if train.max_tokens is not None else f"--train.epochs {train.epochs}")
             if decision == "overwrite":
                 rundir.remove_run(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,10 @@ def grow(
             """Global rank 0 alone: claim out_dir, decide what it holds (rundir's rules), write the settings, read the
             rows."""
             claim.take()
+            train_module.check_batches(train, fabric.world_size)
+            if max_seq_length > config.block_size:
+                raise InherituneError(f"--train.max_seq_length {max_seq_length} is longer than the reference's block "
+                                      f"size {config.block_size}; give at most {config.block_size}")
             check_out_dir(out_dir, reference_dir)
             started = (out_dir / SETTINGS).is_file()
             if not started and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
