@@ -29,12 +29,13 @@ import os
 import re
 import shutil
 import socket
-from array import array
 import sys
 import tempfile
 import time
+from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -44,6 +45,7 @@ from litgpt_inheritune.errors import InherituneError
 CHARS_PER_TOKEN = 6.0  # assumed by the first threshold: more than BPE tokenizers give on prose (about 4), so safe
 MARGIN = 1.25  # on the measured ratio when a pass fell short
 BUCKETS = 2**16  # the counting pass sums characters per 1/65536 of the key range, per domain: no per-document memory
+BATCH_CHARS = 1 << 20  # characters a worker encodes in one call of the tokenizer's batch encoding
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -123,30 +125,73 @@ def _scan_unit(unit_index: int) -> dict:
             "first": int(buckets.min()) if len(buckets) else BUCKETS}
 
 
+def encode_documents(tokenizer, texts: list[str]) -> tuple[Any, list[int]]:
+    """The token ids of ``texts`` as LitGPT's ``tokenizer.encode(text, bos=False, eos=True)`` gives them, one batch
+    through the tokenizer's own batch encoding: (all ids, uint32, one document after another; each one's length).
+
+    LitGPT's rules, kept exactly so that the shards are the same bytes: a leading BOS the tokenizer adds is dropped;
+    EOS is appended unless the ids already end with it, in which case that EOS is dropped instead.
+    """
+    import numpy as np
+
+    if not texts:
+        return np.zeros(0, dtype=np.uint32), []
+    processor = tokenizer.processor
+    if tokenizer.backend == "huggingface":
+        encode = getattr(processor, "encode_batch_fast", processor.encode_batch)  # fast: no character offsets
+        batch = [encoding.ids for encoding in encode(texts)]
+    else:  # sentencepiece: its own batch encoding, on this process's one core
+        batch = processor.encode(texts, num_threads=1)
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    lengths = []
+    for i, ids in enumerate(batch):
+        if ids and ids[0] == bos:
+            ids = batch[i] = ids[1:]
+        if ids and ids[-1] == eos:
+            batch[i] = ids[:-1]
+        else:
+            ids.append(eos)
+        lengths.append(len(batch[i]))
+    return np.fromiter(chain.from_iterable(batch), dtype=np.uint32, count=sum(lengths)), lengths
+
+
 def _tokenize_unit(task: tuple[int, float, float]) -> dict:
-    """Tokenizes the unit's documents with ``lo <= key < hi`` into this process's spill file.
+    """Tokenizes the unit's documents with ``lo <= key < hi`` into this process's spill file, in batches of about
+    ``BATCH_CHARS`` characters (held with their ids, then dropped: memory does not follow the unit's size).
 
     An unreadable unit with ``skip_unreadable`` is dropped whole: the spill is cut back to where the unit began, so
     none of its documents is used even if some were read before the bad part.
     """
-    import numpy as np
-
     from litgpt_inheritune.data.subset import UnreadableError, document_key
 
     unit_index, lo, hi = task
     path, sink = _spill()
     start = sink.tell()
-    rows, n_documents = [], 0
+    rows, n_documents, texts, waiting, chars = [], 0, [], [], 0
+
+    def flush():
+        ids, lengths = encode_documents(_TOKENIZER, texts)
+        offset = sink.tell() // 4
+        sink.write(ids.tobytes())
+        for (index, key, domain), length in zip(waiting, lengths):
+            rows.append((index, key, length, offset, domain))
+            offset += length
+        texts.clear()
+        waiting.clear()
+
     try:
         for doc in _documents(unit_index):
             n_documents += 1
             key = document_key(_JOB.seed, doc.source, doc.index)
             if not lo <= key < hi:
                 continue
-            ids = _TOKENIZER.encode(doc.text, bos=False, eos=True).numpy().astype(np.uint32)
-            offset = sink.tell() // 4
-            sink.write(ids.tobytes())
-            rows.append((doc.index, key, len(ids), offset, doc.domain))
+            texts.append(doc.text)
+            waiting.append((doc.index, key, doc.domain))
+            chars += len(doc.text)
+            if chars >= BATCH_CHARS:
+                flush()
+                chars = 0
+        flush()
     except UnreadableError as exc:
         sink.seek(start)
         sink.truncate()
@@ -158,15 +203,25 @@ def _tokenize_unit(task: tuple[int, float, float]) -> dict:
     return {"unit": unit_index, "spill": path, "rows": rows, "documents": n_documents}
 
 
-def _die_with_parent() -> None:
-    """A worker ends, quietly, when its parent is killed (Linux), instead of printing BrokenPipeError tracebacks."""
+def _worker_start() -> None:
+    """A worker's set-up: it tokenizes on its own core (the tokenizer's threads stay off, one process per core), and
+    ends, quietly, when its parent is killed (Linux), instead of printing BrokenPipeError tracebacks."""
     import ctypes
     import signal
 
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by HF tokenizers at each call
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the worker ends when its pipe breaks
         pass
+
+
+def default_workers() -> int:
+    """Every core this process may run on (its CPU affinity, which a scheduler or container may limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 SPILL_PREFIX = "inheritune-data-"
@@ -191,17 +246,29 @@ def remove_stale_spill_dirs() -> list[Path]:
     return removed
 
 
+def _in_process(fn, items: list, environment: dict):
+    for item in items:
+        with mock.patch.dict(os.environ, environment):
+            result = fn(item)
+        yield result
+
+
 def _map(fn, items: list, num_workers: int, desc: str, progress: bool):
     """``fn`` over ``items`` in order, in ``num_workers`` forked processes, with a progress bar on stderr."""
     from tqdm import tqdm
 
+    # In this process (one worker, or one unit), the tokenizer's own threads take the place of workers' processes.
+    # Set at each fork too: HF tokenizers then neither warns in a worker forked after its threads ran here, nor
+    # turns them off.
+    threads = {"TOKENIZERS_PARALLELISM": "true" if num_workers > 1 else "false"}
     if num_workers <= 1 or len(items) <= 1:
-        results, pool = map(fn, items), None
+        results, pool = _in_process(fn, items, threads), None
     else:
         import multiprocessing
 
         # Forked before the progress bar starts its monitor thread.
-        pool = multiprocessing.get_context("fork").Pool(min(num_workers, len(items)), initializer=_die_with_parent)
+        with mock.patch.dict(os.environ, threads):
+            pool = multiprocessing.get_context("fork").Pool(min(num_workers, len(items)), initializer=_worker_start)
         results = pool.imap(fn, items, chunksize=1)
     bar = tqdm(total=len(items), desc=desc, unit="file", file=sys.stderr, disable=not progress, mininterval=1)
     documents = 0
@@ -224,44 +291,46 @@ def _map(fn, items: list, num_workers: int, desc: str, progress: bool):
 
 
 def _write_split(spills: list[str], chosen: list, offsets: dict, out: Path, chunk_bytes: str) -> None:
+    """The chosen documents' tokens, in order, as a litdata dir of ``TokensLoader`` chunks (what litdata's
+    ``optimize`` writes with one worker, file for file), written here by litdata's ``BinaryWriter``."""
+    import queue
+
     import numpy as np
     import torch
-    from litdata import optimize
     from litdata.streaming import TokensLoader
+    from litdata.streaming.writer import BinaryWriter
 
-    spans = [offsets[(c.source, c.index)] for c in chosen]  # (spill number, start, length): no paths for litdata
-    maps: dict[int, Any] = {}
-
-    def emit(span):
-        spill, start, length = span
-        if spill not in maps:
-            maps[spill] = np.memmap(spills[spill], dtype=np.uint32, mode="r")
-        yield torch.from_numpy(np.array(maps[spill][start:start + length], dtype=np.int32))
-
-    # litdata stages chunks in one machine-wide cache folder by default, so two `optimize` runs at the same time
-    # (another subset, LitGPT's TextFiles) would mix their chunks: give this run a private one.
-    staging = Path(spills[0]).parent if spills else out.parent
-    private = {name: str(staging / f"{name.lower()}-{out.parent.name}-{out.name}") for name in
-               ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER")}
-    with mock.patch.dict(os.environ, private):
-        # One worker: the shards' bytes then depend only on the chosen documents and their order.
-        optimize(fn=emit, inputs=spans, output_dir=str(out), num_workers=1, chunk_bytes=chunk_bytes,
-                 item_loader=TokensLoader(), start_method="fork")
-    _stamp_index(out)
+    maps = [np.memmap(path, dtype=np.uint32, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint32)
+            for path in spills]
+    out.mkdir(parents=True)
+    # Rank 0 of one: chunk-0-N.bin and 0.index.json whatever process group this runs in; the writer's one message
+    # (the data format it inferred) goes to a queue instead of stdout.
+    with mock.patch.dict(os.environ, {"DATA_OPTIMIZER_GLOBAL_RANK": "0", "DATA_OPTIMIZER_NUM_WORKERS": "1",
+                                      "DATA_OPTIMIZER_NUM_NODES": "1"}):
+        writer = BinaryWriter(str(out), chunk_bytes=chunk_bytes, item_loader=TokensLoader(),
+                              msg_queue=queue.SimpleQueue())
+        for i, c in enumerate(chosen):
+            spill, start, length = offsets[(c.source, c.index)]
+            writer.add_item(i, torch.from_numpy(maps[spill][start:start + length].astype(np.int32)))
+        writer.done()
+    part = out / "0.index.json"
+    index = json.loads(part.read_text())
+    part.unlink()
+    _stamp_index(out, index)
 
 
-def _stamp_index(out: Path) -> None:
-    """litdata stamps index.json with the wall-clock time; stamp it with a hash of the chunks instead, so that the
+def _stamp_index(out: Path, index: dict) -> None:
+    """Writes ``index.json`` stamped with a hash of the chunks where litdata puts the wall-clock time, so that the
     same subset gives the same bytes (the stamp only has to change when the data does)."""
     import hashlib
 
-    index_path = out / "index.json"
-    index = json.loads(index_path.read_text())
     digest = hashlib.sha256()
     for chunk in index["chunks"]:
-        digest.update((out / chunk["filename"]).read_bytes())
+        with (out / chunk["filename"]).open("rb") as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
     index["updated_at"] = str(int(digest.hexdigest()[:12], 16))
-    index_path.write_text(json.dumps(index, sort_keys=True))
+    (out / "index.json").write_text(json.dumps(index, sort_keys=True))
 
 
 def domain_dirs(domains) -> dict[str, str]:
@@ -411,7 +480,7 @@ def build_subset(
     if domain_weights is not None:
         domain_weights = normalize_weights(domain_weights)
     if num_workers is None:
-        num_workers = min(4, os.cpu_count() or 1)
+        num_workers = default_workers()
     if num_workers < 1:
         raise InherituneError(f"--num_workers must be at least 1, got {num_workers}")
     units = corpus_units(corpus, layout, split)  # fails early on a missing or empty corpus
@@ -421,6 +490,9 @@ def build_subset(
         tokenizer = Tokenizer(tokenizer_dir)
     except Exception as exc:
         raise InherituneError(f"cannot load the tokenizer in {str(tokenizer_dir)!r}: {exc}") from None
+    if tokenizer.eos_id is None:
+        raise InherituneError(f"the tokenizer in {str(tokenizer_dir)!r} names no EOS token (it ends every document); "
+                              "add eos_token to its tokenizer_config.json")
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
     natural = domain_weights is None and (stratify or split_by_domain)  # needs every document's tokens
@@ -439,7 +511,7 @@ def build_subset(
             return False
 
         # Pass 0 (a token budget fixed in advance only): characters of every document by key bucket and domain.
-        histograms, first_bucket, corpus_documents = None, {}, None
+        histograms, first_bucket, corpus_documents, phases = None, {}, None, {}
         if candidate_pass and tokens is not None and not natural:
             histograms, corpus_documents = {}, 0
             for result in _map(_scan_unit, list(range(len(units))), num_workers, "counting", progress):
@@ -463,6 +535,7 @@ def build_subset(
                 needs = ([] if split_by_domain else [(None, held_out)]) + [
                     (d, b + held_out) for d, b in budgets.items()]
             hi = _threshold(histograms, needs, CHARS_PER_TOKEN, 0.0)
+            phases["counting"] = time.perf_counter() - t0
         else:
             hi = 1.0
 
@@ -519,6 +592,7 @@ def build_subset(
             ratio = max(CHARS_PER_TOKEN, MARGIN * seen_chars / max(1, seen_tokens))
             lo, hi = hi, max(_threshold(histograms, needs, ratio, hi), min(1.0, 2 * hi))
 
+        phases["tokenizing"] = time.perf_counter() - t0 - sum(phases.values())  # and choosing
         if skipped:
             listed = [skipped[i].short() for i in sorted(skipped)]
             print(f"warning: skipped {len(listed)} unreadable file{'s' if len(listed) > 1 else ''}: "
@@ -567,4 +641,6 @@ def build_subset(
                 summary["test"] = _count(test)
             (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
+    phases["writing"] = time.perf_counter() - t0 - sum(phases.values())
+    summary["phase_seconds"] = {name: round(seconds, 2) for name, seconds in phases.items()}
     return summary
