@@ -343,9 +343,13 @@ def safe_saves(pretrain_module) -> Iterator[None]:
             if fabric.global_rank == 0:
                 if tokenizer_dir is not None and (Path(tokenizer_dir) / PROMPT_STYLE).is_file():
                     shutil.copy(Path(tokenizer_dir) / PROMPT_STYLE, directory / PROMPT_STYLE)
+                if directory.name == FINAL:  # what users take on: the weights alone (runs resume from step-*)
+                    keep_weights_only(partial)
                 with open(partial, "rb") as stream:
                     os.fsync(stream.fileno())
                 os.replace(partial, checkpoint_file)
+                if directory.name == FINAL:
+                    write_json(directory / FINAL_RECORD, {"step": int(state["step_count"]), "iter": int(state["iter_num"])})
         except OSError as exc:
             for name in set(os.listdir(directory)) - before:
                 leftover = directory / name
@@ -381,6 +385,29 @@ def remove_save_debris(out_dir: Path) -> list[Path]:
             directory.rmdir()
             removed.append(directory)
     return removed
+
+
+FINAL = "final"  # out_dir/final: the trained child, as bare weights like every LitGPT checkpoint users are given
+FINAL_RECORD = "final.json"  # {"step", "iter"} inside it: how far the run had trained (its training state is not kept)
+
+
+def keep_weights_only(path: Path) -> None:
+    """Rewrites a checkpoint of LitGPT's training state (``{"model": ..., "optimizer": ..., "iter_num": ...}``) in
+    place as the model's weights alone: the format of the checkpoints `litgpt download`, `convert_to_litgpt` and
+    `convert_pretrained_checkpoint` write, which every LitGPT command reads (`merge_lora` reads nothing else). Staged
+    beside ``path`` under a ``.partial`` name and renamed over it."""
+    import torch
+
+    path = Path(path)
+    state = torch.load(path, mmap=True, weights_only=False, map_location="cpu")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        return
+    weights = path.with_name(f".{path.name}.weights-{os.getpid()}.partial")
+    try:
+        save_weights(state["model"], weights)
+        os.replace(weights, path)
+    finally:
+        weights.unlink(missing_ok=True)
 
 
 def save_weights(state_dict: dict, path: Path) -> None:
@@ -439,7 +466,7 @@ def read_best(out_dir: Path) -> dict | None:
 
 
 def save_best(fabric, model, best_dir: Path, record: dict, tokenizer_dir: Path, write_hyperparameters) -> None:
-    """Writes the model as a complete LitGPT checkpoint into ``best_dir`` (lit_model.pth with its ``model`` weights,
+    """Writes the model as a complete LitGPT checkpoint into ``best_dir`` (lit_model.pth with its weights alone,
     model_config.yaml, the tokenizer and config files, hyperparameters.yaml via ``write_hyperparameters(dir)``, and
     ``record`` as best.json), staged beside it and renamed whole over the old one. Every process calls it (a
     sharded model is gathered); only global rank 0 writes."""
@@ -455,6 +482,7 @@ def save_best(fabric, model, best_dir: Path, record: dict, tokenizer_dir: Path, 
         with staged_in(staging) if rank_zero else nullcontext():
             fabric.save(staging / "lit_model.pth", {"model": model})
         if rank_zero:
+            keep_weights_only(staging / "lit_model.pth")
             copy_config_files(tokenizer_dir, staging)
             if (Path(tokenizer_dir) / PROMPT_STYLE).is_file():
                 shutil.copy(Path(tokenizer_dir) / PROMPT_STYLE, staging / PROMPT_STYLE)

@@ -99,7 +99,7 @@ def test_bad_seeds_lrs_and_test_split_are_one_line_errors(tmp_path):
 
 
 def iters(run_dir):
-    return torch.load(run_dir / "final" / "lit_model.pth", weights_only=False, mmap=True)["iter_num"]
+    return json.loads((run_dir / "final" / "final.json").read_text())["iter"]
 
 
 def test_two_seeds_two_arms_real_run_with_test_split_and_a_rerun_that_skips(tmp_path, tiny_reference, text_dirs):

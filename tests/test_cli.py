@@ -158,7 +158,7 @@ def test_inheritune_from_yaml_trains_and_records_its_arguments(tmp_path, tiny_re
     path.write_text(yaml.safe_dump(config))
     litgpt("inheritune", "--config", str(path))
     final = out / "final"
-    assert torch.load(final / "lit_model.pth", weights_only=False)["iter_num"] == 4
+    assert json.loads((final / "final.json").read_text())["iter"] == 4
     hp = yaml.safe_load((final / "hyperparameters.yaml").read_text())
     assert hp["n_layers"] == 2 and hp["compile"] is False and hp["train"]["max_tokens"] == 256
     assert hp["optimizer"]["init_args"]["lr"] == 1e-3

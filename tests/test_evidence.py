@@ -72,7 +72,7 @@ def test_best_holds_the_lowest_validation_step_and_survives_a_resume(tmp_path, t
     assert record == {"step": step, "iter": step, "tokens": step * 2 * 32, "val_loss": pytest.approx(lowest)}
     assert f"new best val loss {lowest:.4f} at step {step}: {out / 'best'}" in capsys.readouterr().out
     # best/ is a complete checkpoint of that step's weights, loadable like final/
-    best_weights = torch.load(out / "best" / "lit_model.pth", weights_only=False)["model"]
+    best_weights = torch.load(out / "best" / "lit_model.pth", weights_only=True)  # the weights alone, as final/'s
     step_weights = torch.load(out / f"step-{step:08d}" / "lit_model.pth", weights_only=False)["model"]
     assert best_weights.keys() == step_weights.keys()
     assert all(torch.equal(best_weights[k], step_weights[k]) for k in best_weights)
@@ -225,7 +225,7 @@ def test_the_seed_orders_the_training_data_of_an_inherited_child(tmp_path, tiny_
               train=InherituneTrainArgs(**{**vars(train_args(max_tokens=3 * 64)), "keep_best": False}),
               eval=EvalArgs(interval=1000, max_iters=1, initial_validation=False, final_validation=False),
               optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}}, **RUN)
-        return torch.load(out / "final" / "lit_model.pth", weights_only=False)["model"]
+        return torch.load(out / "final" / "lit_model.pth", weights_only=True)
 
     first, again, other = final_weights(0, "seed0"), final_weights(0, "seed0-again"), final_weights(1, "seed1")
     assert all(torch.equal(first[k], again[k]) for k in first)

@@ -71,7 +71,7 @@ def test_full_disk_and_cut_checkpoints_never_resume_half_a_file(tmp_path, tiny_r
     data = small_text(tmp_path, text_dirs)
     whole = tmp_path / "whole"
     inheritune(tiny_reference, whole, data)
-    expected = torch.load(whole / "final" / "lit_model.pth", weights_only=False)["model"]
+    expected = torch.load(whole / "final" / "lit_model.pth", weights_only=True)
     assert (whole / "final" / "prompt_style.yaml").is_file()  # a base model's plain prompt style travels along
 
     # The disk fills while step 4 is written: one line naming the file and the cause; no half file, no temp file.
@@ -91,10 +91,10 @@ def test_full_disk_and_cut_checkpoints_never_resume_half_a_file(tmp_path, tiny_r
     inheritune(tiny_reference, run, data, resume=True)
     out = capsys.readouterr().out
     assert "warning: skipping incomplete checkpoint(s)" in out and "step-00000006" in out and "step-00000004" in out
-    resumed = torch.load(run / "final" / "lit_model.pth", weights_only=False)
-    assert resumed["iter_num"] == 6
+    resumed = torch.load(run / "final" / "lit_model.pth", weights_only=True)
+    assert json.loads((run / "final" / "final.json").read_text())["iter"] == 6
     for key, value in expected.items():
-        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
     assert not debris(run)
 
 

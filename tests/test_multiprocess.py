@@ -60,7 +60,12 @@ def torchrun() -> list:
 
 
 def weights(run_dir: Path, name: str = "final") -> dict:
-    return torch.load(run_dir / name / "lit_model.pth", weights_only=False)
+    """A finished checkpoint as ``{"model", "iter_num", "step_count"}``: final/ and best/ hold the weights alone
+    (LitGPT's format, which merge_lora reads), their step and iter in final.json / best.json beside them."""
+    model = torch.load(run_dir / name / "lit_model.pth", weights_only=True)
+    assert "model" not in model and "optimizer" not in model
+    record = json.loads((run_dir / name / f"{name}.json").read_text())
+    return {"model": model, "iter_num": record["iter"], "step_count": record["step"]}
 
 
 def assert_same_weights(a: dict, b: dict, atol: float) -> None:

@@ -46,8 +46,9 @@ def test_epochs_become_token_budget_and_final_checkpoint_is_standard(tmp_path, t
     # The budget is 2 passes over the train set: one sample is max_seq_length tokens in pretrain's count.
     samples = len(data.train_dataloader().dataset)
     final = out / "final"
-    state = torch.load(final / "lit_model.pth", weights_only=False)
-    assert state["iter_num"] == 2 * samples * 32 // (2 * 32)
+    assert json.loads((final / "final.json").read_text()) == {"step": 2 * samples // 2, "iter": 2 * samples // 2}
+    # LitGPT's checkpoint format: the weights alone (merge_lora reads nothing else; runs resume from step-*)
+    state = {"model": torch.load(final / "lit_model.pth", weights_only=True)}
 
     config = Config.from_file(final / "model_config.yaml")
     assert config.n_layer == 2
@@ -93,7 +94,7 @@ def test_resume_continues_without_inheriting_again(tmp_path, tiny_reference, tex
     # ... but continues with --resume, from the last step checkpoint, to the larger budget.
     setup(tiny_reference, data=data, train=train_args(max_tokens=8 * 64, save_interval=2), resume=True, **kwargs)
     assert (out / "initial" / "lit_model.pth").stat().st_mtime_ns == initial_mtime
-    assert torch.load(out / "final" / "lit_model.pth", weights_only=False)["iter_num"] == 8
+    assert json.loads((out / "final" / "final.json").read_text())["iter"] == 8
     assert (out / "step-00000008" / "lit_model.pth").is_file()
 
 
@@ -116,7 +117,7 @@ def test_speed_options_train_the_same_model(tmp_path, tiny_reference, text_dirs)
         out = tmp_path / speed.replace(",", "_")
         setup(tiny_reference, n_layers=2, out_dir=out, data=data, train=train_args(max_tokens=3 * 64),
               eval=QUIET_EVAL, precision="32-true", devices=1, logger_name="csv", compile=False, speed=speed)
-        finals[speed] = torch.load(out / "final" / "lit_model.pth", weights_only=False)["model"]
+        finals[speed] = torch.load(out / "final" / "lit_model.pth", weights_only=True)
         assert yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())["speed"] == speed
     for key, value in finals["none"].items():
         torch.testing.assert_close(finals["fused_ce,checkpoint"][key], value, atol=1e-5, rtol=1e-4)
@@ -137,7 +138,7 @@ def test_bf16_training_runs_for_real_on_cpu(tmp_path, tiny_reference, text_dirs,
     out = tmp_path / precision
     setup(tiny_reference, n_layers=2, out_dir=out, data=data, train=train_args(max_tokens=3 * 64), eval=QUIET_EVAL,
           precision=precision, devices=1, logger_name="csv", compile=False)
-    state = torch.load(out / "final" / "lit_model.pth", weights_only=False)["model"]
+    state = torch.load(out / "final" / "lit_model.pth", weights_only=True)
     initial = torch.load(out / "initial" / "lit_model.pth")
     expected = torch.bfloat16 if precision == "bf16-true" else torch.float32
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {expected}
@@ -171,5 +172,5 @@ def test_a_tied_reference_gives_embedding_and_head_together_or_an_untied_child(t
         inherited, fresh = ("transformer.wte.weight", "lm_head.weight")[:: 1 if given == "embedding" else -1]
         assert torch.equal(initial[inherited], reference[inherited])
         assert not torch.equal(initial[fresh], reference[fresh])
-        final = torch.load(out / "final" / "lit_model.pth", weights_only=False)["model"]
+        final = torch.load(out / "final" / "lit_model.pth", weights_only=True)
         assert not torch.equal(final["lm_head.weight"], final["transformer.wte.weight"])  # trained untied

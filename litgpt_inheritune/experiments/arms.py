@@ -335,7 +335,7 @@ def run_arms(
     from litgpt_inheritune import rundir
     from litgpt_inheritune.checks import check_out_dir
     from litgpt_inheritune import strategy as strategies
-    from litgpt_inheritune.checkpoint import load_reference_config, write_json
+    from litgpt_inheritune.checkpoint import FINAL_RECORD, load_reference_config, write_json
     from litgpt_inheritune.distill import distillation
     from litgpt_inheritune.validation import test_loss, val_loss
     from litgpt_inheritune.training import check_batches, check_budget, run, tokens_per_epoch
@@ -423,8 +423,8 @@ def run_arms(
             if test_data is not None:  # the same fixed, unshuffled windows as validation, of the held-out text
                 test = test_loss(best_dir, Path(test_data), max_seq_length=max_seq_length,
                                  batch_size=train.micro_batch_size, max_iters=eval.max_iters)
-            state = torch.load(run_dir / "final" / "lit_model.pth", mmap=True, weights_only=False, map_location="cpu")
-            iters = state.get("iter_num") if isinstance(state, dict) else None
+            trained = run_dir / "final" / FINAL_RECORD  # final/ holds the weights alone, its step and iter beside them
+            iters = json.loads(trained.read_text())["iter"] if trained.is_file() else None
             row = {"arm": arm, "seed": seed, "lr": lr, "run_dir": str(run_dir.relative_to(out_dir)), "tokens": budget,
                    "iters": iters, "tokens_seen": None if iters is None else iters * per_iter,
                    "layers": json.loads((run_dir / "initial" / "inheritune.json").read_text())["layers"],
