@@ -252,9 +252,13 @@ def prepare_text_files(data) -> None:
         renames.append((tmp, target))
     if not renames:
         return
+    files = len(list(Path(data.train_data_path).glob("*.txt")))
+    print(f"Tokenizing the text of {str(data.train_data_path)!r} ({files} .txt files"
+          + (f", and {str(data.val_data_path)!r}" if data.val_data_path is not None else "")
+          + f") once, into {str(Path(data.out_path_train).parent)!r}")
     try:
-        with private_litdata_cache(), patches.forked_text_preparation():
-            staged.prepare_data()
+        with private_litdata_cache(), patches.forked_text_preparation(), quiet_stdout():
+            staged.prepare_data()  # litdata's progress bar (stderr) stays; its chatter on stdout goes
         for tmp, target in renames:
             try:
                 os.replace(tmp, target)
@@ -264,6 +268,28 @@ def prepare_text_files(data) -> None:
     finally:
         for tmp, _ in renames:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Standard output of this process and of the processes it starts (litdata's forked workers) goes nowhere while
+    open; standard error (progress bars, warnings, errors) is untouched."""
+    import contextlib
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            try:
+                with contextlib.redirect_stdout(devnull):  # sys.stdout may not be fd 1 (an embedding, a capture)
+                    yield
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
 
 
 def quiet_known_warnings() -> None:
@@ -277,9 +303,14 @@ def quiet_known_warnings() -> None:
 
 
 def cap_workers(data) -> None:
-    """A data module's DataLoader workers, at most the machine's cores (LitGPT's TextFiles asks for 4)."""
-    cores = os.cpu_count() or 1
+    """A data module's DataLoader workers, at most the cores this process may use (LitGPT's TextFiles asks for 4);
+    said only when the user chose the number (not when it is the data module's default)."""
+    import dataclasses
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = getattr(data, "num_workers", None)
     if isinstance(workers, int) and workers > cores:
-        print(f"--data.num_workers {workers} is more than this machine's {cores} cores; using {cores}")
+        defaults = {f.name: f.default for f in dataclasses.fields(data)} if dataclasses.is_dataclass(data) else {}
+        if workers != defaults.get("num_workers"):
+            print(f"--data.num_workers {workers} is more than this machine's {cores} cores; using {cores}")
         data.num_workers = cores

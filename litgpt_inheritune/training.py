@@ -172,8 +172,7 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
             rundir.remove_run(out_dir)
         if decision != "resume":
             build_child(plan, initial, seed=a.seed, overwrite=False)
-        print(f"Inherited blocks {plan.layers} ({list(plan.parts)}) of {plan.config.name} in "
-              f"{time.perf_counter() - t0:.1f} s")
+        print(describe_child(plan, time.perf_counter() - t0))
         # Dynamic batch loading aims each domain at the reference's own loss there: measured below by every process
         # (a resumed run reads them back from its checkpoint instead)
         measure = (isinstance(a.data, DomainMixture) and a.data.dynamic and a.data.reference_losses is None
@@ -224,6 +223,7 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
         stack.enter_context(speed.apply(a.speed_options))
         stack.enter_context(safe_saves(pretrain))
         stack.enter_context(seeded_train_order(a.data, a.seed))
+        stack.enter_context(quiet_litgpt_output(fabric, a.data))
         fabric.print(summary(child, pretrain_train, fabric.world_size, precision, resume_from, out_dir))
         if a.logger_name in ("tensorboard", "wandb", "mlflow"):  # as LitGPT's pretrain.setup
             fabric.logger.log_hyperparams(hyperparameters)
@@ -262,6 +262,62 @@ def fresh_compile_caches():
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def describe_child(plan, seconds: float) -> str:
+    """What the child got, in words (a random-init arm inherits nothing)."""
+    from litgpt_inheritune.inherit import PARTS
+
+    where = f"{len(plan.layers)}-block child of {plan.config.name} ({plan.config.n_layer} blocks)"
+    if not plan.parts:
+        return f"Random init (LitGPT's pretraining init) of a {where}: nothing inherited ({seconds:.1f} s)"
+    what = "" if set(plan.parts) == set(PARTS) else f" ({', '.join(plan.parts)}; the rest LitGPT's pretraining init)"
+    return f"Inherited blocks {plan.layers}{what} into a {where} in {seconds:.1f} s"
+
+
+@contextmanager
+def quiet_litgpt_output(fabric, data: DataModule):
+    """While `litgpt pretrain`'s main runs, drops what misleads here: LitGPT's "Preprocessed ... data found" warning
+    on text this package has just prepared whole (``checks.prepare_text_files``), its FLOP count ("Measured TFLOPs",
+    a count per step, not a speed) and its final Performance block, whose tokens/s divides by a clock reading instead
+    of the training time; prints the right figure instead. The instance's ``print`` and ``prepare_data`` are wrapped
+    (LitGPT is not patched)."""
+    import contextlib
+    import io
+
+    from litgpt.data import TextFiles
+
+    plain_print = fabric.print
+    seen: dict[str, float] = {}
+
+    def filtered(*args, **kwargs):
+        text = " ".join(str(a) for a in args)
+        if text.startswith("| - Total tokens"):
+            seen["tokens"] = float(text.split(":")[1].replace(",", ""))
+        elif text.startswith("| - Training Time"):
+            seen["seconds"] = float(text.split(":")[1].split()[0])
+        if text.startswith(("Measured TFLOPs", "Verifying settings", "| ", "-" * 40)):
+            return
+        plain_print(*args, **kwargs)
+
+    fabric.print = filtered
+    if isinstance(data, TextFiles) and checks.prepared_text(data) is not None:
+        plain_prepare = data.prepare_data
+
+        def prepare_data():
+            with contextlib.redirect_stdout(io.StringIO()):
+                return plain_prepare()
+
+        data.prepare_data = prepare_data
+    try:
+        yield
+    finally:
+        del fabric.print
+        if "prepare_data" in vars(data):
+            del data.prepare_data
+    if seen.get("seconds"):
+        plain_print(f"Trained {seen['tokens']:,.0f} tokens in {seen['seconds']:.1f} s "
+                    f"({seen['tokens'] / seen['seconds']:,.0f} tokens/s)")
 
 
 def check_batches(train: TrainArgs, world_size: int) -> None:

@@ -8,6 +8,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import tempfile
 
 os.environ["INHERITUNE_CACHE"] = tempfile.mkdtemp(prefix="inheritune-test-cache-")
+# litdata's staging for what the tests prepare with LitGPT's own code (stock `litgpt pretrain`), private to this session
+# instead of the machine-wide $TMPDIR/chunks and $TMPDIR/data that other users and runs share.
+os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = os.path.join(os.environ["INHERITUNE_CACHE"], "litdata-chunks")
+os.environ["DATA_OPTIMIZER_DATA_CACHE_FOLDER"] = os.path.join(os.environ["INHERITUNE_CACHE"], "litdata-data")
 
 import shutil
 import sys
