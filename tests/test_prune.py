@@ -160,6 +160,11 @@ def test_prune_refuses_bad_input_before_work(tmp_path, tiny_reference, text_dirs
         with pytest.raises(InherituneError, match="--data is required"):
             prune(tiny_reference, TARGET, None, tmp_path / "p", 2, TRAIN, EVAL)
     assert not (tmp_path / "p").exists()
+    # the batch split needs the launched world: checked right after the launch, before the first byte
+    with pytest.raises(InherituneError, match="is not a multiple of 1 process x --train.micro_batch_size"):
+        prune(tiny_reference, TARGET, TextFiles(text_dirs[0]), tmp_path / "p", 2,
+              replace(TRAIN, global_batch_size=3, micro_batch_size=2), EVAL, devices=1)
+    assert not (tmp_path / "p").exists()
 
 
 def test_prune_defaults_to_litgpts_precision(tmp_path, tiny_reference, text_dirs):

@@ -125,6 +125,9 @@ def prune(
                 """Global rank 0 alone: claim out_dir, decide what it holds (rundir's rules), check, then write the
                 settings."""
                 claim.take()
+                from litgpt_inheritune.training import check_batches
+
+                check_batches(train, fabric.world_size)
                 finished = (out_dir / FINAL / "lit_model.pth").is_file()
                 if finished and not overwrite:  # nothing left to resume
                     raise InherituneError(f"{str(out_dir)!r} holds a finished pruning run; pass --overwrite true or choose "
