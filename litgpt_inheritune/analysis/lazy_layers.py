@@ -261,13 +261,16 @@ def analyze_model(model, sequences, tau: float = 0.9, eta: float = 0.9, batch_si
     device = next(model.parameters()).device
     model.eval()
     model.max_seq_length = max(model.max_seq_length, sequences.shape[1])
+    from tqdm import tqdm
+
     recorder = _Recorder(model, tau, eta)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), tqdm(total=len(sequences), desc="Analysing", unit="seq") as progress:
             for start in range(0, len(sequences), batch_size):
                 batch = sequences[start : start + batch_size].to(device)
                 model(batch)
                 recorder.finish_batch(len(batch))
+                progress.update(len(batch))
     finally:
         recorder.close()
     N = recorder.sequences

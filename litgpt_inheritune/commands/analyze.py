@@ -52,4 +52,5 @@ def setup(
         return
     arguments = dict(locals())
     result = analyze(**arguments)
-    print(f"Suggested n = {result['suggested_n']} ({result['suggested_n_reason']}); wrote {out_dir}/analysis.json and analysis.png")
+    print(f"Suggested n = {result['suggested_n']} ({result['suggested_n_reason']}); wrote {out_dir}/analysis.md (the "
+          f"table), analysis.json and analysis.png")
