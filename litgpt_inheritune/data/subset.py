@@ -402,13 +402,17 @@ def document_key(seed: int, source: str, index: int) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
+    """A tokenized document that can be chosen (slots: about 190 bytes each, the main memory per document)."""
+
     key: float
     source: str
     index: int
     n_tokens: int
     domain: str
+    spill: int = 0  # where its tokens wait: the number of a spill file and the first token's place in it
+    offset: int = 0
 
 
 def select(candidates: Iterable[Candidate], budget: int, what: str = "the corpus") -> list[Candidate]:
