@@ -85,7 +85,10 @@ def main(
 
     arms = {"inherited": None, "random-init": []}
     finals = {}
-    for arm, parts in arms.items():
+    print(f"Demo: two {n_layers}-block children of SmolLM2-135M ({len(arms)} runs of {steps} steps), then the validation "
+          "loss of five models; each run prints its own remaining time, and the whole demo's is printed after the first")
+    for number, (arm, parts) in enumerate(arms.items(), 1):
+        started = time.perf_counter()
         finals[arm] = run(
             reference_dir=reference_dir,
             n_layers=n_layers,
@@ -117,6 +120,10 @@ def main(
             compile=False,
             overwrite=True,
         )
+        if number < len(arms):
+            took = time.perf_counter() - started
+            print(f"Demo: {arm} child trained in {took / 60:.1f} min; the other child takes about as long "
+                  f"(~{took * (len(arms) - number) / 60:.1f} min), then the five validation losses")
     losses = {"reference (30 blocks)": val_loss(reference_dir, data(), max_seq_length, micro_batch_size, val_batches)}
     losses[f"inherited child ({n_layers} blocks), start"] = val_loss(
         out_dir / "inherited" / "initial", data(), max_seq_length, micro_batch_size, val_batches
