@@ -5,6 +5,10 @@ LitGPT 0.5 has no plugin mechanism: ``litgpt/__main__.py`` holds a fixed ``PARSE
 this module at interpreter start; it only puts a finder on ``sys.meta_path`` (no torch, no litgpt import). When
 ``litgpt.__main__`` is imported, the finder lets the real module load, then adds every command declared under the
 entry-point group ``litgpt.commands`` to ``PARSER_DATA`` and to both names of ``parser_commands``.
+When ``litgpt.utils`` is imported, before any other module binds its names, ``copy_config_files`` is made to copy a
+checkpoint's ``prompt_style.yaml`` along (patch "litgpt.copy_config_files"); when
+``litgpt.scripts.convert_pretrained_checkpoint`` is, its command also takes a checkpoint that holds the weights alone
+(patch "litgpt.convert_pretrained_checkpoint").
 Installing twice is harmless: the finder is added once.
 """
 
@@ -13,6 +17,8 @@ from importlib.abc import Loader, MetaPathFinder
 
 GROUP = "litgpt.commands"
 TARGET = "litgpt.__main__"
+UTILS = "litgpt.utils"
+CONVERT_PRETRAINED = "litgpt.scripts.convert_pretrained_checkpoint"
 
 
 def declared_commands() -> dict:
@@ -50,18 +56,36 @@ def patch(namespace: dict) -> None:
     namespace["parser_commands"] = parser_commands
 
 
+def patch_utils(namespace: dict) -> None:
+    """Patch "litgpt.copy_config_files" in a loaded ``litgpt.utils`` namespace (idempotent)."""
+    from litgpt_inheritune.patches import copying_prompt_style
+
+    namespace["copy_config_files"] = copying_prompt_style(namespace["copy_config_files"])
+
+
+def patch_convert_pretrained(namespace: dict) -> None:
+    """Patch "litgpt.convert_pretrained_checkpoint" in a loaded module namespace (idempotent)."""
+    from litgpt_inheritune.patches import accepting_weights
+
+    name = "convert_pretrained_checkpoint"
+    namespace[name] = accepting_weights(namespace[name], namespace["copy_config_files"])
+
+
 class _PatchingLoader(Loader):
-    def __init__(self, loader) -> None:
+    def __init__(self, loader, after=None) -> None:
         self.loader = loader
+        self.after = patch if after is None else after
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         self.loader.exec_module(module)
-        patch(module.__dict__)
+        self.after(module.__dict__)
 
     def get_code(self, fullname):
+        if fullname != TARGET:
+            return self.loader.get_code(fullname)
         # `python -m litgpt` execs this code as __main__: run the real body under its own name, patch, then main().
         _ORIGINAL_CODE[fullname] = self.loader.get_code(fullname)
         shim = (
@@ -88,14 +112,15 @@ class InheritFinder(MetaPathFinder):
     is_inheritune_finder = True
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != TARGET:
+        after = {TARGET: patch, UTILS: patch_utils, CONVERT_PRETRAINED: patch_convert_pretrained}.get(fullname)
+        if after is None:
             return None
         for finder in sys.meta_path:
             if getattr(finder, "is_inheritune_finder", False) or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader)
+                spec.loader = _PatchingLoader(spec.loader, after)
                 return spec
         return None
 

@@ -18,6 +18,15 @@ from litgpt_inheritune.errors import InherituneError
 PARTS = ("embedding", "attention", "mlp", "norms", "final_norm", "head")
 
 _BLOCK_KEY = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")
+_CHILD_SUFFIX = re.compile(r"-inheritune-\d+L$")
+
+
+def child_name(reference_name: str, n_layers: int) -> str:
+    """The child's ``Config.name``: the reference's, then ``-inheritune-{n}L`` (a child of a child: the suffix
+    replaced). LitGPT looks architectures up by the name's start or by substrings (``"Gemma" in name`` gives the
+    unit-offset RMSNorm, ``convert_lit_checkpoint`` picks its weight mapping by prefix), so the reference's name stays
+    its prefix; the chat template LitGPT would also pick by name is overridden by the child's prompt_style.yaml."""
+    return f"{_CHILD_SUFFIX.sub('', reference_name)}-inheritune-{n_layers}L"
 
 
 def resolve_layers(reference_depth: int, n_layers: int | None = None, layers: Sequence[int] | None = None) -> list[int]:
@@ -64,6 +73,7 @@ def child_config(config, layers: Sequence[int]):
 
     values = asdict(config)
     values["n_layer"] = len(layers)
+    values["name"] = child_name(config.name, len(layers))
     for key in ("sliding_window_indices", "rope_indices"):
         per_layer = values.get(key)
         if per_layer is not None:

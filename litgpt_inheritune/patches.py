@@ -86,6 +86,18 @@ PATCHES: dict[str, Patch] = {
         "LitGPT's TextFiles prepares text through litdata's optimize, whose workers start by spawn: each re-imports "
         "torch and LitGPT (about 10 s a preparation) and spawn stays the process's start method afterwards. On Linux "
         "they start by fork (its start_method parameter), and the start method is put back"),
+    "litgpt.copy_config_files": Patch(
+        "litgpt.utils", "copy_config_files", LITGPT, ("source_dir", "out_dir"),
+        "a checkpoint's prompt_style.yaml travels with its config and tokenizer files (convert_pretrained_checkpoint, "
+        "pretrain, evaluate, finetune's copies): a child of an instruct reference keeps its plain prompt style instead of "
+        "the chat template LitGPT picks by name. Set by the start-up hook when litgpt.utils loads; upstream patch text "
+        "in CONTRIBUTING.md"),
+    "litgpt.convert_pretrained_checkpoint": Patch(
+        "litgpt.scripts.convert_pretrained_checkpoint", "convert_pretrained_checkpoint", LITGPT,
+        ("checkpoint_dir", "output_dir"),
+        "it reads lit_model.pth[\"model\"] only; the checkpoints users are given (final/, best/) hold the weights alone, "
+        "LitGPT's own format, which merge_lora needs: those are copied as they are. Set by the start-up hook; upstream "
+        "patch text in CONTRIBUTING.md"),
     "torch.stack.empty_message": Patch(
         "torch", "stack", TORCH, None,
         "LitGPT's validate stacks an empty list when a domain has no batch here: recognised by torch's message "
@@ -232,6 +244,64 @@ def forked_text_preparation() -> Iterator[None]:
             yield
     finally:
         multiprocessing.set_start_method(before, force=True)
+
+
+PROMPT_STYLE_FILE = "prompt_style.yaml"  # litgpt.prompts' file name
+
+
+def copying_prompt_style(copy_config_files: Callable) -> Callable:
+    """Patch "litgpt.copy_config_files": LitGPT's ``copy_config_files(source_dir, out_dir)``, then the source's
+    ``prompt_style.yaml`` too when it has one (LitGPT's finetune scripts write the data's prompt style after the copy,
+    so theirs still wins). Wrapping the wrapper again returns it unchanged."""
+    import functools
+
+    if getattr(copy_config_files, "copies_prompt_style", False):
+        return copy_config_files
+
+    @functools.wraps(copy_config_files)
+    def copy(source_dir, out_dir) -> None:
+        import shutil
+        from pathlib import Path
+
+        copy_config_files(source_dir, out_dir)
+        if (Path(source_dir) / PROMPT_STYLE_FILE).is_file():
+            shutil.copy(Path(source_dir) / PROMPT_STYLE_FILE, Path(out_dir) / PROMPT_STYLE_FILE)
+
+    copy.copies_prompt_style = True
+    return copy
+
+
+def accepting_weights(convert_pretrained_checkpoint: Callable, copy_config_files: Callable) -> Callable:
+    """Patch "litgpt.convert_pretrained_checkpoint": LitGPT's converter of a training checkpoint
+    (``{"model": ..., "optimizer": ...}``), which also takes a checkpoint of the weights alone: its lit_model.pth is
+    copied as it is, with the config files (``copy_config_files``), to the same ``output_dir`` rules as LitGPT's."""
+    import functools
+
+    if getattr(convert_pretrained_checkpoint, "accepts_weights", False):
+        return convert_pretrained_checkpoint
+
+    @functools.wraps(convert_pretrained_checkpoint)
+    def convert(checkpoint_dir, output_dir) -> None:
+        import shutil
+        from pathlib import Path
+
+        import torch
+        from litgpt.utils import extend_checkpoint_dir
+
+        source = extend_checkpoint_dir(Path(checkpoint_dir)) / "lit_model.pth"
+        state = torch.load(source, mmap=True, weights_only=False, map_location="cpu") if source.is_file() else None
+        if not isinstance(state, dict) or isinstance(state.get("model"), dict):
+            return convert_pretrained_checkpoint(checkpoint_dir, output_dir)
+        output_dir = Path(output_dir)
+        if output_dir.is_dir():  # LitGPT's rule (its emptiness test is always true)
+            raise FileExistsError(f"The output folder exists and is not empty: {str(output_dir)}. Please delete it "
+                                  "first or choose a different name.")
+        output_dir.mkdir(parents=True)
+        shutil.copy(source, output_dir / "lit_model.pth")
+        copy_config_files(source.parent, output_dir)
+
+    convert.accepts_weights = True
+    return convert
 
 
 def set_parser_commands(parser_config, parser_commands: Callable) -> None:
