@@ -270,6 +270,15 @@ def prepare_text_files(data) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def prepare_data(data) -> None:
+    """A connected data module made ready to load: ``TextFiles`` through ``prepare_text_files`` (LitGPT's own
+    ``prepare_data`` would only warn, once per split and call, that the text is already prepared), others by their
+    own ``prepare_data``."""
+    prepare_text_files(data)
+    if prepared_text(data) is None:
+        data.prepare_data()
+
+
 @contextmanager
 def quiet_stdout() -> Iterator[None]:
     """Standard output of this process and of the processes it starts (litdata's forked workers) goes nowhere while

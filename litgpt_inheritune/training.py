@@ -470,8 +470,7 @@ def tokens_per_epoch(data: DataModule, tokenizer_dir: Path, micro_batch_size: in
     from litgpt import Tokenizer
 
     data.connect(tokenizer=Tokenizer(tokenizer_dir), batch_size=micro_batch_size, max_seq_length=max_seq_length)
-    checks.prepare_text_files(data)
-    data.prepare_data()
+    checks.prepare_data(data)
     data.setup()
     loader = data.train_dataloader()
     try:

@@ -121,12 +121,11 @@ def val_loss(checkpoint_dir: Path, data, max_seq_length: int, batch_size: int, m
     number of processes)."""
     from litgpt import Tokenizer
 
-    from litgpt_inheritune.checks import prepare_text_files
+    from litgpt_inheritune.checks import prepare_data
 
     fabric, model = validation_model(checkpoint_dir, max_seq_length, device)
     data.connect(tokenizer=Tokenizer(checkpoint_dir), batch_size=batch_size, max_seq_length=max_seq_length)
-    prepare_text_files(data)
-    data.prepare_data()
+    prepare_data(data)
     data.setup()
     return loader_loss(fabric, model, data.val_dataloader(), max_iters)
 

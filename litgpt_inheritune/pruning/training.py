@@ -165,8 +165,9 @@ def prune(
             data.connect(tokenizer=Tokenizer(reference_dir), batch_size=train.micro_batch_size, max_seq_length=seq)
             if fabric.global_rank != 0:  # rank 0 prepared the text: every rank reads that one preparation
                 checks.use_prepared_text(data, prepared["text"], fabric.global_rank)
-            with fabric.rank_zero_first():
-                data.prepare_data()
+            if checks.prepared_text(data) is None:  # TextFiles: prepared whole by rank 0 above
+                with fabric.rank_zero_first():
+                    data.prepare_data()
             data.setup()
             train_loader, val_loader = fabric.setup_dataloaders(data.train_dataloader(), data.val_dataloader())
 
