@@ -79,6 +79,12 @@ def write_corpora(work_dir: Path, tokenizer_dir: Path, targets: list[int]) -> di
     return corpora
 
 
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process and of its children that have ended."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def peaks() -> dict:
     """Peak resident memory of this process (VmHWM) and of its largest child so far, in MB."""
     hwm = next((int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
@@ -96,12 +102,12 @@ def child(arguments: dict) -> None:
 
     from litgpt_inheritune.data.sampler import build_subset
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     with contextlib.redirect_stdout(sys.stderr):  # litdata talks on stdout
         summary = build_subset(**arguments)
     seconds = time.perf_counter() - t0
     print(json.dumps({
-        "seconds": seconds, "passes": summary["passes"], "tokenized_documents": summary["tokenized_documents"],
+        "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu0, "passes": summary["passes"], "tokenized_documents": summary["tokenized_documents"],
         "train_tokens": summary["train"]["tokens"], "corpus_tokens": summary["corpus_tokens"],
         "phase_seconds": summary.get("phase_seconds", {}), **peaks(),
     }))
@@ -116,10 +122,10 @@ def limit_child(arguments: dict) -> None:
     tokenizer = Tokenizer.from_file(str(Path(arguments["tokenizer_dir"]) / "tokenizer.json"))
     texts = [json.loads(line)["text"] for path in sorted(Path(arguments["corpus"]).iterdir()) for line in path.open()]
     batch, tokens = arguments["batch"], 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     for start in range(0, len(texts), batch):
         tokens += sum(len(encoding.ids) + 1 for encoding in tokenizer.encode_batch_fast(texts[start:start + batch]))
-    print(json.dumps({"seconds": time.perf_counter() - t0, "tokens": tokens}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": cpu_seconds() - cpu0, "tokens": tokens}))
 
 
 def run_child(flag: str, arguments: dict) -> dict:
@@ -140,28 +146,33 @@ def ratio(corpus: dict, args) -> list[dict]:
     """The command (``--fraction 0.99``, every core) and the tokenizer's limit, alternating."""
     print(f"\n### The command against the tokenizer's limit: {corpus['tokens']:,} tokens, {corpus['documents']:,} "
           f"documents, {corpus['mb']} MB\n")
-    print("| run | what | s | corpus tokens/s | phases s (tokenizing, writing) | main peak RSS MB "
-          "| largest worker peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | what | s | corpus tokens/s | CPU s | tokens per CPU s | phases s (tokenizing, writing) "
+          "| main peak RSS MB | largest worker peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for repeat in range(args.repeats):
         limit = run_child("--limit", {"corpus": corpus["dir"], "tokenizer_dir": str(args.tokenizer_dir),
                                       "batch": 1000})
         limit["tokens_per_s"] = limit["tokens"] / limit["seconds"]
         print(f"| {repeat + 1} | encode_batch_fast, every core | {limit['seconds']:.1f} | "
-              f"{limit['tokens_per_s']:,.0f} | | | |", flush=True)
+              f"{limit['tokens_per_s']:,.0f} | {limit['cpu_seconds']:.1f} | "
+              f"{limit['tokens'] / limit['cpu_seconds']:,.0f} | | | |", flush=True)
         command = measure(corpus, args.tokenizer_dir, args.work_dir / "out", fraction=0.99, val_tokens=10_000)
         phases = command["phase_seconds"]
         print(f"| {repeat + 1} | inheritune_data --fraction 0.99 | {command['seconds']:.1f} | "
-              f"{command['corpus_tokens_per_s']:,.0f} | {phases.get('tokenizing', 0):.1f}, "
+              f"{command['corpus_tokens_per_s']:,.0f} | {command['cpu_seconds']:.1f} | "
+              f"{corpus['tokens'] / command['cpu_seconds']:,.0f} | {phases.get('tokenizing', 0):.1f}, "
               f"{phases.get('writing', 0):.1f} | {command['main_peak_mb']:.0f} | {command['worker_peak_mb']:.0f} |",
               flush=True)
         rows.append({"repeat": repeat, "limit": limit, "command": command})
     ratios = [r["command"]["corpus_tokens_per_s"] / r["limit"]["tokens_per_s"] for r in rows]
     best = (max(r["command"]["corpus_tokens_per_s"] for r in rows)
             / max(r["limit"]["tokens_per_s"] for r in rows))
+    per_cpu = [(corpus["tokens"] / r["command"]["cpu_seconds"]) / (r["limit"]["tokens"] / r["limit"]["cpu_seconds"])
+               for r in rows]
     print(f"\nRatio per repeat (command / limit just before it): {', '.join(f'{x:.2f}' for x in ratios)}; "
-          f"median {statistics.median(ratios):.2f}; fastest command / fastest limit {best:.2f}")
+          f"median {statistics.median(ratios):.2f}; fastest command / fastest limit {best:.2f}; tokens per CPU "
+          f"second, command / limit: {', '.join(f'{x:.2f}' for x in per_cpu)}")
     return rows
 
 
@@ -233,7 +244,8 @@ def main() -> None:
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
     targets = [args.corpus_multiple * b for b in args.budgets] + [m * args.subset_tokens for m in args.multiples]
-    corpora = write_corpora(args.work_dir, args.tokenizer_dir, targets + ([args.ratio_tokens] * bool(args.ratio_tokens)))
+    targets += [args.ratio_tokens] if args.ratio_tokens else []
+    corpora = write_corpora(args.work_dir, args.tokenizer_dir, targets)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"{platform.machine()}, {cores} usable cores, Python {platform.python_version()}, load average "
           f"{os.getloadavg()[0]:.1f} at the start; tokenizer {args.tokenizer_dir.name}")

@@ -30,7 +30,8 @@ def corpus(tmp_path_factory, tiny_reference):
     root = tmp_path_factory.mktemp("batched") / "corpus"
     root.mkdir()
     for i in range(3):
-        (root / f"part-{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[20 * i:20 * i + 15]))
+        lines = "".join(json.dumps({"text": t}) + "\n" for t in texts[20 * i:20 * i + 15])
+        (root / f"part-{i}.jsonl").write_text(lines)
     pq.write_table(pa.Table.from_pylist([{"text": t} for i in range(3) for t in texts[20 * i + 15:20 * i + 20]]),
                    root / "part-3.parquet")
     (root / "special.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in special * 4))

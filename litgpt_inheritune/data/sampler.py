@@ -302,18 +302,23 @@ def _write_split(spills: list[str], chosen: list, out: Path, chunk_bytes: str) -
     from litdata.streaming import TokensLoader
     from litdata.streaming.writer import BinaryWriter
 
-    maps = [np.memmap(path, dtype=np.uint32, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint32)
-            for path in spills]
     out.mkdir(parents=True)
+    # Each document's tokens are read from its spill (not memory-mapped: mapped pages would count as this process's
+    # memory, which would then grow with the subset); the writer holds one chunk (``chunk_bytes``) at a time.
+    sources = [open(path, "rb") for path in spills]
     # Rank 0 of one: chunk-0-N.bin and 0.index.json whatever process group this runs in; the writer's one message
     # (the data format it inferred) goes to a queue instead of stdout.
     with mock.patch.dict(os.environ, {"DATA_OPTIMIZER_GLOBAL_RANK": "0", "DATA_OPTIMIZER_NUM_WORKERS": "1",
                                       "DATA_OPTIMIZER_NUM_NODES": "1"}):
         writer = BinaryWriter(str(out), chunk_bytes=chunk_bytes, item_loader=TokensLoader(),
                               msg_queue=queue.SimpleQueue())
-        for i, c in enumerate(chosen):
-            tokens = maps[c.spill][c.offset:c.offset + c.n_tokens]
-            writer.add_item(i, torch.from_numpy(tokens.astype(np.int32)))
+        try:
+            for i, c in enumerate(chosen):
+                tokens = np.frombuffer(os.pread(sources[c.spill].fileno(), 4 * c.n_tokens, 4 * c.offset), np.uint32)
+                writer.add_item(i, torch.from_numpy(tokens.astype(np.int32)))
+        finally:
+            for source in sources:
+                source.close()
         writer.done()
     part = out / "0.index.json"
     index = json.loads(part.read_text())
