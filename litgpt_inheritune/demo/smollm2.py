@@ -8,6 +8,7 @@ written with the GGUF's own (``gguf_special_tokens``), so LitGPT and transformer
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -81,10 +82,14 @@ def prepare_smollm2_tokenizer(out_dir: Path) -> Path:
 def gguf_special_tokens(source: Path | None = None) -> dict:
     """The GGUF's special tokens, as transformers' tokenizer attributes: ``bos_token``, ``eos_token``, ``unk_token``,
     ``pad_token`` (their texts) and ``add_bos_token``, ``add_eos_token``."""
+    return dict(_special_tokens(str(source or gguf_path())))
+
+
+@functools.lru_cache(maxsize=None)
+def _special_tokens(source: str) -> tuple:
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(source or gguf_path()))
-    fields = reader.fields
+    fields = GGUFReader(source).fields
 
     def scalar(key: str):
         field = fields.get(f"tokenizer.ggml.{key}")
@@ -99,7 +104,7 @@ def gguf_special_tokens(source: Path | None = None) -> dict:
     for key in ("add_bos_token", "add_eos_token"):
         if scalar(key) is not None:
             special[key] = bool(scalar(key))
-    return special
+    return tuple(special.items())
 
 
 def with_gguf_special_tokens(tokenizer, special: dict | None = None):
