@@ -225,8 +225,9 @@ def test_per_layer_config_lists_are_sliced(family, layers):
         assert child.rope_indices == [config.rope_indices[i] for i in layers]
     # Nothing else changes.
     for key in ("n_embd", "n_head", "n_query_groups", "head_size", "sliding_window_size", "rope_local_base_freq",
-                "attention_logit_softcapping", "final_logit_softcapping", "name"):
+                "attention_logit_softcapping", "final_logit_softcapping"):
         assert getattr(child, key) == getattr(config, key)
+    assert child.name == f"{config.name}-inheritune-{len(layers)}L"  # the reference's name stays its prefix
     # The reference config is not modified.
     assert config.n_layer == DEPTH and len(config.sliding_window_indices) == DEPTH
 
