@@ -54,7 +54,10 @@ def test_keeping_everything_is_the_identity(family):
     config = tiny(family)
     model = random_model(config)
     child, state = prune_state_dict(config, model.state_dict(), full_keep(config))
-    assert child == config
+    from dataclasses import replace
+
+    assert child.name == f"{config.name}-inheritune-{config.n_layer}L"  # a child's name says what it is
+    assert replace(child, name=config.name) == config
     reference = model.state_dict()
     assert state.keys() == reference.keys()
     assert all(torch.equal(state[k], reference[k]) for k in state)
