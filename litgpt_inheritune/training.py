@@ -153,9 +153,7 @@ def _train(fabric, claim, a: "_Args", arguments: dict, resume, precision: str) -
         if resume_from is not None:  # the same world size as the run being resumed
             rundir.check_same_world(Path(resume_from).parent, fabric.world_size)
         max_seq_length = train.max_seq_length or plan.config.block_size
-        if max_seq_length > plan.config.block_size:
-            raise InherituneError(f"--train.max_seq_length {max_seq_length} is longer than the reference's block size "
-                                  f"{plan.config.block_size}; give at most {plan.config.block_size}")
+        check_seq_length(max_seq_length, plan.config.block_size)
         if train.max_tokens is not None:
             check_budget(train.max_tokens, train, max_seq_length, "--train.max_tokens")
         # prepared before out_dir is touched: bad data leaves no half-started run behind
@@ -330,6 +328,13 @@ def check_batches(train: TrainArgs, world_size: int) -> None:
             f"--train.global_batch_size {train.global_batch_size} is not a multiple of {world_size} process"
             f"{'es' if world_size > 1 else ''} x --train.micro_batch_size {train.micro_batch_size} = {per_round}; give "
             f"{low}" + (f" or {low + per_round}" if low < train.global_batch_size else "") + ", or change the micro-batch")
+
+
+def check_seq_length(max_seq_length: int, block_size: int) -> None:
+    """LitGPT's GPT raises a traceback for sequences longer than the model's block size: one line instead."""
+    if max_seq_length > block_size:
+        raise InherituneError(f"--train.max_seq_length {max_seq_length} is longer than the reference's block_size "
+                              f"{block_size}; pass --train.max_seq_length {block_size} or less")
 
 
 def check_budget(tokens: int, train: TrainArgs, max_seq_length: int, what: str) -> None:

@@ -46,7 +46,7 @@ def test_bad_budgets_batches_data_and_configs_are_refused_before_the_first_byte(
         (dict(train=train_args(max_tokens=None, epochs=0.0001)), "less than one optimizer step (2 sequences x 32"),
         # LitGPT asserted on every rank, after initial/ was written
         (dict(train=train_args(global_batch_size=1)), "--train.global_batch_size 1 is not a multiple of 1 process x"),
-        (dict(train=train_args(max_seq_length=4096)), "longer than the reference's block size 128"),
+        (dict(train=train_args(max_seq_length=4096)), "longer than the reference's block_size 128"),
         (dict(data=DomainMixture(tmp_path / "no-mixture")), "--data.data_path"),
         (dict(data=type(data)(train_data_path=a_file, val_data_path=data.val_data_path)), "is a file; give the dir"),
     ]

@@ -338,7 +338,7 @@ def run_arms(
     from litgpt_inheritune.checkpoint import FINAL_RECORD, load_reference_config, write_json
     from litgpt_inheritune.distill import distillation
     from litgpt_inheritune.validation import test_loss, val_loss
-    from litgpt_inheritune.training import check_batches, check_budget, run, tokens_per_epoch
+    from litgpt_inheritune.training import check_batches, check_budget, check_seq_length, run, tokens_per_epoch
 
     if data is None:
         raise InherituneError("--data is required, e.g. --data TextFiles --data.train_data_path path/to/txt_dir")
@@ -352,6 +352,7 @@ def run_arms(
     config = load_reference_config(reference_dir)
     strategies.resolve(strategy, devices, num_nodes)  # a bad choice is refused before any work
     max_seq_length = train.max_seq_length or config.block_size
+    check_seq_length(max_seq_length, config.block_size)
     out_dir = Path(out_dir)
     seeds_given, lrs_given = seeds is not None, lrs is not None
     seeds = list(seeds) if seeds_given else [seed]
@@ -371,9 +372,6 @@ def run_arms(
             shared budget in tokens, counted once."""
             claim.take()
             check_batches(train, fabric.world_size)
-            if max_seq_length > config.block_size:
-                raise InherituneError(f"--train.max_seq_length {max_seq_length} is longer than the reference's block "
-                                      f"size {config.block_size}; give at most {config.block_size}")
             check_out_dir(out_dir, reference_dir)
             started = (out_dir / "arms.json").is_file() or any((out_dir / arm).is_dir() for arm in ARMS)
             decision = rundir.decide(out_dir, started, False, resume, overwrite, what="comparison of arms")

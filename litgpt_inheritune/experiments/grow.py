@@ -106,6 +106,7 @@ def grow(
     config = load_reference_config(reference_dir)
     depths = round_depths(config.n_layer, n_layers_start or max(1, config.n_layer // 2), grow_by)
     max_seq_length = train.max_seq_length or config.block_size
+    train_module.check_seq_length(max_seq_length, config.block_size)
     tokens = steps * train.global_batch_size * max_seq_length
     settings = {"reference_dir": str(reference_dir), "depths": depths, "steps": steps, "tokens": tokens,
                 "target": target, "tolerance": tolerance, "seed": seed}
@@ -119,9 +120,6 @@ def grow(
             rows."""
             claim.take()
             train_module.check_batches(train, fabric.world_size)
-            if max_seq_length > config.block_size:
-                raise InherituneError(f"--train.max_seq_length {max_seq_length} is longer than the reference's block "
-                                      f"size {config.block_size}; give at most {config.block_size}")
             check_out_dir(out_dir, reference_dir)
             started = (out_dir / SETTINGS).is_file()
             if not started and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:

@@ -104,9 +104,9 @@ def prune(
     check_prunable(config)
     sizes = target_sizes(config, target)
     seq = train.max_seq_length or config.block_size
-    if seq > config.block_size:
-        raise InherituneError(f"--train.max_seq_length {seq} is longer than the reference's block_size "
-                              f"{config.block_size}; pass --train.max_seq_length {config.block_size} or less")
+    from litgpt_inheritune.training import check_seq_length
+
+    check_seq_length(seq, config.block_size)
     if not has_tokenizer(reference_dir):
         raise InherituneError(f"{str(reference_dir)!r} has no tokenizer; the data is encoded with it")
     warmup = round(0.2 * steps) if lagrangian_warmup_steps is None else lagrangian_warmup_steps
