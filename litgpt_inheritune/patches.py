@@ -124,6 +124,12 @@ def _source_mentions(owner: Any, name: str) -> bool:
         return False
 
 
+def _pass_through(signature: inspect.Signature) -> bool:
+    """A wrapper of only ``*args, **kwargs`` (another patch, a test's or a benchmark's spy) says nothing about the
+    target beneath it."""
+    return all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values())
+
+
 def check(name: str) -> None:
     """Raises ``InherituneError`` in one line when the target of patch ``name`` moved or changed its signature."""
     if name in _checked:
@@ -142,8 +148,9 @@ def check(name: str) -> None:
                     problem = f"its message is now {str(exc)!r}"
         elif name == "litdata.optimize":
             _, _, target = _resolve(patch)
-            found = list(inspect.signature(inspect.unwrap(target)).parameters)
-            if found[:3] != list(patch.parameters) or "start_method" not in found:
+            signature = inspect.signature(inspect.unwrap(target))
+            found = list(signature.parameters)
+            if not _pass_through(signature) and (found[:3] != list(patch.parameters) or "start_method" not in found):
                 problem = f"its parameters are now {found}, the patch expects {list(patch.parameters)} first and start_method"
         elif name.startswith("litdata."):  # private attributes, set in __init__ / methods: look in the source
             class_name, attribute = patch.attribute.split(".")
@@ -155,9 +162,7 @@ def check(name: str) -> None:
             if patch.parameters is not None:
                 signature = inspect.signature(inspect.unwrap(target))
                 found = list(signature.parameters)
-                wrapper = all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values())
-                # a pass-through wrapper (another patch, a benchmark's timer) says nothing about the target beneath
-                if not wrapper and found[:len(patch.parameters)] != list(patch.parameters):
+                if not _pass_through(signature) and found[:len(patch.parameters)] != list(patch.parameters):
                     problem = f"its parameters are now {found}, the patch expects {list(patch.parameters)} first"
     except (ImportError, AttributeError) as exc:
         problem = f"it is gone ({exc})"

@@ -73,13 +73,17 @@ def oracle(corpus, tokenizer_dir, out, budget=None, fraction=None, val_tokens=0,
     return np.concatenate([ids[(c.source, c.index)].numpy() for c in train]), train + val
 
 
-@pytest.mark.parametrize("budget", [{"tokens": 6000, "num_workers": 2}, {"fraction": 0.9, "num_workers": 1}],
-                         ids=["tokens-2-workers", "fraction-in-process"])
+@pytest.mark.parametrize("budget", [{"tokens": 6000, "num_workers": 2}, {"tokens": 6000, "num_workers": 2, "forked": 1},
+                                    {"fraction": 0.9, "num_workers": 1}],
+                         ids=["tokens-2-threads", "tokens-2-processes", "fraction-1-core"])
 def test_shards_are_the_bytes_of_encoding_each_document_alone(tmp_path, corpus, tiny_reference, budget, monkeypatch,
                                                                capfd):
     from litgpt_inheritune.data import sampler
 
     monkeypatch.setattr(sampler, "BATCH_CHARS", 3000)  # several batches per file; workers fork after this
+    budget = dict(budget)
+    if budget.pop("forked", None):  # as on a machine of more cores than THREADED_CORES: a process per core
+        monkeypatch.setattr(sampler, "THREADED_CORES", 1)
     options = {k: v for k, v in budget.items() if k != "num_workers"}
     summary = sampler.build_subset(corpus, tiny_reference, tmp_path / "new", val_tokens=800, seed=5,
                                    chunk_bytes="8kB", progress=False, **budget)
@@ -89,6 +93,9 @@ def test_shards_are_the_bytes_of_encoding_each_document_alone(tmp_path, corpus, 
     assert new == files(tmp_path / "old")
     assert len([p for p in new if p.parts[0] == "train" and p.suffix == ".bin"]) >= 2  # chunk boundaries compared
     assert summary["train"]["tokens"] == len(expected)
+    workers = budget["num_workers"]
+    assert summary["tokenizing"] == ({"processes": 1, "threads": workers} if sampler.THREADED_CORES >= workers
+                                     else {"processes": workers, "threads": 1})
     if "fraction" in budget:  # every special kind is among the documents compared
         assert {c.index % 6 for c in chosen if c.source == "special.jsonl"} == set(range(6))
         assert summary["tokenized_documents"] == 84

@@ -48,6 +48,10 @@ CHARS_PER_TOKEN = 6.0  # assumed by the first threshold: more than BPE tokenizer
 MARGIN = 1.25  # on the measured ratio when a pass fell short
 BUCKETS = 2**16  # the counting pass sums characters per 1/65536 of the key range, per domain: no per-document memory
 BATCH_CHARS = 1 << 20  # characters a worker encodes in one call of the tokenizer's batch encoding
+# Up to this many cores, one process tokenizes on all of them with the tokenizer's own threads (on 2 cores: 1.3M
+# tokens/s against 0.9M for two single-threaded processes, bench/RESULTS.md); past it, one process per core, as its
+# reading and keying (one core's work, about 4% of tokenizing's) would hold the threads back.
+THREADED_CORES = 8
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -127,80 +131,95 @@ def _scan_unit(unit_index: int) -> dict:
             "first": int(buckets.min()) if len(buckets) else BUCKETS}
 
 
-def encode_documents(tokenizer, texts: list[str]) -> tuple[Any, list[int]]:
-    """The token ids of ``texts`` as LitGPT's ``tokenizer.encode(text, bos=False, eos=True)`` gives them, one batch
-    through the tokenizer's own batch encoding: (all ids, uint32, one document after another; each one's length).
+def _encode_batch(tokenizer, texts: list[str]) -> list:
+    """The tokenizer's own batch encoding of ``texts`` (HF tokenizers: on its threads, the GIL released)."""
+    processor = tokenizer.processor
+    if tokenizer.backend == "huggingface":
+        encode = getattr(processor, "encode_batch_fast", processor.encode_batch)  # fast: no character offsets
+        return encode(texts)
+    return processor.encode(texts, num_threads=1)  # sentencepiece: ids already, on this thread's one core
+
+
+def _document_ids(tokenizer, encoded: list) -> tuple[array, list[int]]:
+    """LitGPT's ``tokenizer.encode(text, bos=False, eos=True)`` of each document, from ``_encode_batch``'s result:
+    (all ids, one document after another, as uint32; each one's length).
 
     LitGPT's rules, kept exactly so that the shards are the same bytes: a leading BOS the tokenizer adds is dropped;
     EOS is appended unless the ids already end with it, in which case that EOS is dropped instead.
     """
-    import numpy as np
-
-    if not texts:
-        return np.zeros(0, dtype=np.uint32), []
-    processor = tokenizer.processor
-    if tokenizer.backend == "huggingface":
-        encode = getattr(processor, "encode_batch_fast", processor.encode_batch)  # fast: no character offsets
-        batch = [encoding.ids for encoding in encode(texts)]
-    else:  # sentencepiece: its own batch encoding, on this process's one core
-        batch = processor.encode(texts, num_threads=1)
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
-    lengths = []
-    for i, ids in enumerate(batch):
-        if ids and ids[0] == bos:
-            ids = batch[i] = ids[1:]
-        if ids and ids[-1] == eos:
-            batch[i] = ids[:-1]
+    ids, lengths = array("I"), []
+    for document in encoded:
+        document = getattr(document, "ids", document)
+        first = 1 if document and document[0] == bos else 0
+        if len(document) > first and document[-1] == eos:
+            ids.extend(document[first:-1])
+            lengths.append(len(document) - first - 1)
         else:
+            ids.extend(document[first:] if first else document)
             ids.append(eos)
-        lengths.append(len(batch[i]))
-    return np.fromiter(chain.from_iterable(batch), dtype=np.uint32, count=sum(lengths)), lengths
+            lengths.append(len(document) - first + 1)
+    return ids, lengths
 
 
 def _tokenize_unit(task: tuple[int, float, float]) -> dict:
     """Tokenizes the unit's documents with ``lo <= key < hi`` into this process's spill file, in batches of about
     ``BATCH_CHARS`` characters (held with their ids, then dropped: memory does not follow the unit's size).
 
+    One batch is encoded on a helper thread (the tokenizer releases the GIL) while this thread reads and keys the
+    next and writes the one before, so the tokenizer's threads seldom wait for Python.
+
     An unreadable unit with ``skip_unreadable`` is dropped whole: the spill is cut back to where the unit began, so
     none of its documents is used even if some were read before the bad part.
     """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     from litgpt_inheritune.data.subset import UnreadableError, document_key
 
     unit_index, lo, hi = task
     path, sink = _spill()
     start = sink.tell()
     rows, n_documents, texts, waiting, chars = [], 0, [], [], 0
+    pending = deque()  # (encoding of a batch, its documents), oldest first: its one thread takes them in turn
 
-    def flush():
-        ids, lengths = encode_documents(_TOKENIZER, texts)
+    def write_oldest():
+        future, documents = pending.popleft()
+        ids, lengths = _document_ids(_TOKENIZER, future.result())
         offset = sink.tell() // 4
-        sink.write(ids.tobytes())
-        for (index, key, domain), length in zip(waiting, lengths):
+        sink.write(ids)
+        for (index, key, domain), length in zip(documents, lengths):
             rows.append((index, key, length, offset, domain))
             offset += length
-        texts.clear()
-        waiting.clear()
 
-    try:
-        for doc in _documents(unit_index):
-            n_documents += 1
-            key = document_key(_JOB.seed, doc.source, doc.index)
-            if not lo <= key < hi:
-                continue
-            texts.append(doc.text)
-            waiting.append((doc.index, key, doc.domain))
-            chars += len(doc.text)
-            if chars >= BATCH_CHARS:
-                flush()
-                chars = 0
-        flush()
-    except UnreadableError as exc:
-        sink.seek(start)
-        sink.truncate()
-        sink.flush()
-        if not _JOB.skip_unreadable:
-            raise
-        return {"unit": unit_index, "skipped": exc}
+    with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
+        try:
+            for doc in _documents(unit_index):
+                n_documents += 1
+                key = document_key(_JOB.seed, doc.source, doc.index)
+                if not lo <= key < hi:
+                    continue
+                texts.append(doc.text)
+                waiting.append((doc.index, key, doc.domain))
+                chars += len(doc.text)
+                if chars >= BATCH_CHARS:
+                    pending.append((encoder.submit(_encode_batch, _TOKENIZER, texts), waiting))
+                    texts, waiting, chars = [], [], 0
+                    if len(pending) > 1:  # the batch before is written while this one is encoded
+                        write_oldest()
+            if texts:
+                pending.append((encoder.submit(_encode_batch, _TOKENIZER, texts), waiting))
+            while pending:
+                write_oldest()
+        except UnreadableError as exc:
+            for future, _ in pending:
+                future.cancel()
+            sink.seek(start)
+            sink.truncate()
+            sink.flush()
+            if not _JOB.skip_unreadable:
+                raise
+            return {"unit": unit_index, "skipped": exc}
     sink.flush()
     return {"unit": unit_index, "spill": path, "rows": rows, "documents": n_documents}
 
@@ -255,22 +274,35 @@ def _in_process(fn, items: list, environment: dict):
         yield result
 
 
-def _map(fn, items: list, num_workers: int, desc: str, progress: bool):
-    """``fn`` over ``items`` in order, in ``num_workers`` forked processes, with a progress bar on stderr."""
+def worker_layout(num_workers: int, units: int, threaded: bool) -> tuple[int, int]:
+    """(processes, threads in each) for work on ``num_workers`` cores over ``units`` units: ``threaded`` work
+    (tokenizing) on up to ``THREADED_CORES`` cores is one process, the tokenizer's own threads taking the cores;
+    otherwise (and for reading alone) one single-threaded process per core, at most one per unit."""
+    if threaded and (num_workers <= THREADED_CORES or units <= 1):
+        return 1, num_workers
+    return max(1, min(num_workers, units)), 1
+
+
+def _map(fn, items: list, num_workers: int, desc: str, progress: bool, threaded: bool = False):
+    """``fn`` over ``items`` in order on ``num_workers`` cores (``worker_layout``; forked processes), with a
+    progress bar on stderr."""
     from tqdm import tqdm
 
-    # In this process (one worker, or one unit), the tokenizer's own threads take the place of workers' processes.
+    processes, threads = worker_layout(num_workers, len(items), threaded)
     # Set at each fork too: HF tokenizers then neither warns in a worker forked after its threads ran here, nor
-    # turns them off.
-    threads = {"TOKENIZERS_PARALLELISM": "true" if num_workers > 1 else "false"}
-    if num_workers <= 1 or len(items) <= 1:
-        results, pool = _in_process(fn, items, threads), None
+    # turns them off (a worker turns them off itself). The thread count is read once, at the process's first
+    # parallel encoding.
+    environment = {"TOKENIZERS_PARALLELISM": "true" if threads > 1 else "false"}
+    if "RAYON_NUM_THREADS" not in os.environ:
+        environment["RAYON_NUM_THREADS"] = str(threads)
+    if processes == 1:
+        results, pool = _in_process(fn, items, environment), None
     else:
         import multiprocessing
 
         # Forked before the progress bar starts its monitor thread.
-        with mock.patch.dict(os.environ, threads):
-            pool = multiprocessing.get_context("fork").Pool(min(num_workers, len(items)), initializer=_worker_start)
+        with mock.patch.dict(os.environ, environment):
+            pool = multiprocessing.get_context("fork").Pool(processes, initializer=_worker_start)
         results = pool.imap(fn, items, chunksize=1)
     bar = tqdm(total=len(items), desc=desc, unit="file", file=sys.stderr, disable=not progress, mininterval=1)
     documents = 0
@@ -553,9 +585,9 @@ def build_subset(
             todo = [i for i in range(len(units)) if i not in skipped]
             if histograms is not None and hi < 1.0:  # not the units whose documents all lie above the threshold
                 todo = [i for i in todo if first_bucket[i] < hi * BUCKETS]
-            counted = 0
+            counted, layout = 0, worker_layout(num_workers, len(todo), threaded=True)
             for result in _map(_tokenize_unit, [(i, lo, hi) for i in todo], num_workers,
-                               f"tokenizing (pass {passes})", progress):
+                               f"tokenizing (pass {passes})", progress, threaded=True):
                 if skip(result):
                     source = units[result["unit"]].source
                     candidates = [c for c in candidates if c.source != source]
@@ -607,7 +639,8 @@ def build_subset(
         summary = {
             "corpus": str(corpus), "tokenizer_dir": str(tokenizer_dir), "seed": seed, "budget_tokens": budget,
             "corpus_tokens": corpus_tokens, "corpus_documents": corpus_documents,
-            "tokenized_documents": len(candidates), "passes": passes, "preset": preset, "text_key": text_key,
+            "tokenized_documents": len(candidates), "passes": passes,
+            "tokenizing": {"processes": layout[0], "threads": layout[1]}, "preset": preset, "text_key": text_key,
             "domain_key": domain_key, "domain_weights": domain_weights,
             "stratify": "weights" if domain_weights is not None else "natural" if natural else None,
             "skipped_files": [skipped[i].short() for i in sorted(skipped)],
