@@ -54,8 +54,8 @@ def setup(
         split_by_domain: Write train/<domain>/ and val/<domain>/ as separate litdata dirs, one per domain.
         split: The split of a saved HF DatasetDict to read (default: train).
         skip_unreadable: Leave out corrupt or unreadable files (whole) with a warning instead of stopping.
-        num_workers: Processes that read and tokenize, each on one core with the tokenizer's batch encoding
-            (default: every core this process may use); the output does not depend on it.
+        num_workers: Cores that read and tokenize (default: every core this process may use): up to 8 as the
+            tokenizer's own threads in one process, more as one process per core; the output does not depend on it.
         overwrite: Replace a non-empty ``out_dir``.
     """
     if other_rank_skips("inheritune_data"):

@@ -11,9 +11,12 @@ while choosing sorts them), and a worker holds one batch of texts (``BATCH_CHARS
 How the work is done (none of it changes which documents are chosen, so the shards are the same bytes whatever
 ``num_workers`` is):
 
-- The corpus is split into units (files, .arrow files of a saved dataset, litdata dirs); workers (one process per
-  core, the tokenizer's own threads off) read and tokenize whole units, each into its own spill file, in batches
-  through the tokenizer's own batch encoding. A corpus of fewer units than workers keeps only that many busy.
+- The corpus is split into units (files, .arrow files of a saved dataset, litdata dirs), read and tokenized whole,
+  in batches through the tokenizer's own batch encoding, into a spill file per process (``worker_layout``): on up
+  to ``THREADED_CORES`` cores one process does it, the tokenizer's threads taking the cores, one batch encoded while
+  the next is read and the one before written; on more cores one single-threaded process per core takes whole
+  units (a corpus of fewer units than cores keeps only that many busy). Counting characters (below) is always a
+  process per core.
 - With a token budget (``--tokens``) and budgets fixed in advance, a first pass only counts characters, summed per
   1/65536 of the key range and per domain (no memory per document), and picks a key threshold that should hold the
   budget with a margin (6 characters per token assumed); only documents below it are tokenized. The selection is then made among them exactly as among all documents: the
