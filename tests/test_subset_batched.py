@@ -119,3 +119,37 @@ def test_default_workers_are_every_usable_core_and_a_tokenizer_needs_an_eos(tmp_
     with pytest.raises(InherituneError, match="names no EOS token"):
         sampler.build_subset(corpus, no_eos, tmp_path / "out", tokens=100, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_reference(tmp_path_factory):
+    """A reference dir whose tokenizer is a SentencePiece model (as OpenLLaMA's): LitGPT's other backend, trained
+    here on Python's reference prose (pydoc_data/topics.py, PSF licence), 400 pieces."""
+    import io
+
+    import sentencepiece
+    from pydoc_data.topics import topics
+
+    lines = [line for name in sorted(topics) for line in topics[name].splitlines() if line.strip()]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=400,
+                                             model_type="bpe", character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2,
+                                             pad_id=-1, minloglevel=2)
+    directory = tmp_path_factory.mktemp("sentencepiece") / "reference"
+    directory.mkdir()
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    return directory
+
+
+def test_a_sentencepiece_tokenizer_gives_the_same_bytes_too(tmp_path, corpus, sentencepiece_reference, monkeypatch):
+    from litgpt import Tokenizer
+
+    from litgpt_inheritune.data import sampler
+
+    assert Tokenizer(sentencepiece_reference).backend == "sentencepiece"
+    monkeypatch.setattr(sampler, "BATCH_CHARS", 3000)
+    summary = sampler.build_subset(corpus, sentencepiece_reference, tmp_path / "new", fraction=0.9, val_tokens=800,
+                                   seed=5, chunk_bytes="8kB", progress=False, num_workers=2)
+    expected, _ = oracle(corpus, sentencepiece_reference, tmp_path / "old", fraction=0.9, val_tokens=800, seed=5)
+    assert {p: d for p, d in files(tmp_path / "new").items() if p.name != "summary.json"} == files(tmp_path / "old")
+    assert summary["train"]["tokens"] == len(expected) and summary["tokenized_documents"] == 84

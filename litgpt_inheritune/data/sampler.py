@@ -140,7 +140,7 @@ def _encode_batch(tokenizer, texts: list[str]) -> list:
     if tokenizer.backend == "huggingface":
         encode = getattr(processor, "encode_batch_fast", processor.encode_batch)  # fast: no character offsets
         return encode(texts)
-    return processor.encode(texts, num_threads=1)  # sentencepiece: ids already, on this thread's one core
+    return processor.encode(texts, num_threads=_ENCODE_THREADS)  # sentencepiece: ids already, on its own threads
 
 
 def _document_ids(tokenizer, encoded: list) -> tuple[array, list[int]]:
@@ -270,10 +270,18 @@ def remove_stale_spill_dirs() -> list[Path]:
     return removed
 
 
-def _in_process(fn, items: list, environment: dict):
+_ENCODE_THREADS = 1  # SentencePiece's threads per batch (HF tokenizers' follow RAYON_NUM_THREADS): 1 in a worker
+
+
+def _in_process(fn, items: list, environment: dict, threads: int):
+    global _ENCODE_THREADS
     for item in items:
-        with mock.patch.dict(os.environ, environment):
-            result = fn(item)
+        _ENCODE_THREADS = threads
+        try:
+            with mock.patch.dict(os.environ, environment):
+                result = fn(item)
+        finally:
+            _ENCODE_THREADS = 1
         yield result
 
 
@@ -299,7 +307,7 @@ def _map(fn, items: list, num_workers: int, desc: str, progress: bool, threaded:
     if "RAYON_NUM_THREADS" not in os.environ:
         environment["RAYON_NUM_THREADS"] = str(threads)
     if processes == 1:
-        results, pool = _in_process(fn, items, environment), None
+        results, pool = _in_process(fn, items, environment, threads), None
     else:
         import multiprocessing
 
