@@ -237,6 +237,17 @@ def test_resumed_prune_keeps_the_domain_weights_it_reached(tmp_path, tiny_refere
 
     with mock.patch.object(PruningMasks, "clamp_", interrupt_at_three), pytest.raises(KeyboardInterrupt):
         run()
+    # A state saved before the loader's state was (an older version): one line that says what to do, nothing changed
+    state_path = out / "prune_state.pth"
+    saved = state_path.read_bytes()
+    old = torch.load(state_path, weights_only=False)
+    del old["train_dataloader"]
+    torch.save(old, state_path)
+    metrics = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(InherituneError, match="older version.*--overwrite true"):
+        run()
+    assert (out / "metrics.jsonl").read_bytes() == metrics
+    state_path.write_bytes(saved)
     run()
     evals = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "domain_weights" in r}
     assert sorted(evals) == [2, 4]

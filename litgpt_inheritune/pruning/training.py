@@ -145,6 +145,12 @@ def prune(
                                                                                     if k != "world_size"}:
                         raise InherituneError(f"{str(out_dir)!r} was started with other settings (see prune.json); resume "
                                               "with those")
+                    if isinstance(data, DomainMixture) and not saved_loader_state(state_path):
+                        raise InherituneError(
+                            f"{str(state_path)!r} was saved by an older version of this package, without the domain "
+                            "mixture's state (weights, history, each domain's place); start the run again with "
+                            "--overwrite true, or resume it with the version that started it"
+                        )
                 check_weights_match_config(config, load_state_dict_lazily(reference_dir / "lit_model.pth"),
                                            reference_dir / "lit_model.pth")
                 checks.check_out_dir(out_dir, reference_dir)
@@ -307,6 +313,14 @@ def prune(
                     (tmp / INHERITANCE_FILE).write_text(json.dumps(record) + "\n")
             fabric.barrier()
             return out_dir / FINAL
+
+
+def saved_loader_state(state_path: Path) -> bool:
+    """Whether a saved pruning state holds the training data loader's state (saved for a ``DomainMixture`` since the
+    loader's place and weights are restored on resume). The file is memory-mapped: only its index is read."""
+    import torch
+
+    return "train_dataloader" in torch.load(state_path, mmap=True, map_location="cpu", weights_only=False)
 
 
 def clip_weights(fabric, model, optimizer, weights: list, max_norm: float, sharded: bool) -> None:
