@@ -116,6 +116,37 @@ def test_prune_extracts_the_target_shape(tmp_path, tiny_reference, text_dirs):
                               torch.load(tiny_reference / "lit_model.pth")["transformer.h.0.attn.qkv.weight"])
 
 
+def test_the_training_model_and_optimizer_are_let_go_before_the_extraction(tmp_path, tiny_reference, text_dirs):
+    """The extraction reads the saved state back: the training model, its gradients and AdamW's states must be gone by
+    then (each a model's size: a 7B prune's peak would otherwise be at its very end)."""
+    import gc
+    import weakref
+
+    from litgpt_inheritune.pruning import shapes
+
+    references, alive = [], []
+    stock_step, stock_extract = torch.optim.AdamW.step, shapes.prune_state_dict
+
+    def step(self, *args, **kwargs):
+        result = stock_step(self, *args, **kwargs)
+        if not references:  # after the first step: every parameter, its gradient and its AdamW states
+            tensors = [p for group in self.param_groups for p in group["params"]]
+            tensors += [p.grad for p in tensors if p.grad is not None]
+            tensors += [t for state in self.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+            references.extend(weakref.ref(t) for t in tensors)
+            references.append(weakref.ref(self))
+        return result
+
+    def extract(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(r() is not None for r in references))
+        return stock_extract(*args, **kwargs)
+
+    with mock.patch.object(torch.optim.AdamW, "step", step), mock.patch.object(shapes, "prune_state_dict", extract):
+        run_prune(tiny_reference, text_dirs, tmp_path / "prune", steps=2)
+    assert len(references) > 100 and alive == [0]  # before: 261 of 261 alive
+
+
 def test_prune_resumes_where_it_stopped(tmp_path, tiny_reference, text_dirs):
     straight = run_prune(tiny_reference, text_dirs, tmp_path / "straight", steps=6)
     calls = {"n": 0}

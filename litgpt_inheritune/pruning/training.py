@@ -20,6 +20,7 @@ saved with the pruning state, so a resumed run continues with the weights it had
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -296,6 +297,15 @@ def prune(
                 log({"step": steps, "rank_digests": digests})
                 if len(set(digests)) > 1:
                     raise RuntimeError(f"the ranks' models diverged (digests {digests}); report this as a bug")
+
+            # Training is over and saved: its model, gradients and optimizer states are let go before the extraction
+            # reads the saved state back, so the run's peak memory is the training's, not both at once.
+            state.clear()
+            model = prunable = gpt = masks = optimizer = weights = gates = lambdas = None
+            logits = loss = constraint = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
             # Extract exactly the target shape, with the surviving mask values folded into the weights, from the full
             # (consolidated) state just saved, so one path serves one device and FSDP alike.
