@@ -40,7 +40,6 @@ import time
 from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Any
 from unittest import mock
